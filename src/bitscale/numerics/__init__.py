@@ -1,0 +1,30 @@
+"""Low-precision numerics: formats, rounding, scaling, quantize / dequantize / fake_quant."""
+
+from bitscale.numerics.estimators import (
+    ClippedSTE,
+    STE,
+    TrustMask,
+    fake_quant,
+    gaussian_pseudo_quant,
+    lsq_fake_quant,
+)
+from bitscale.numerics.formats import (
+    BinaryFormat,
+    E8M0Format,
+    ELEMENT_FORMATS,
+    FloatFormat,
+    IntFormat,
+    TernaryFormat,
+    element_format,
+)
+from bitscale.numerics.quantize import QArray, dequantize, quantize
+from bitscale.numerics.specs import NAMED_SPECS, QuantSpec, resolve_spec, valid_names
+from bitscale.numerics.transforms import hadamard_matrix, hadamard_transform, random_signs
+
+__all__ = [
+    "BinaryFormat", "ClippedSTE", "E8M0Format", "ELEMENT_FORMATS", "FloatFormat", "IntFormat",
+    "NAMED_SPECS", "QArray", "QuantSpec", "STE", "TernaryFormat", "TrustMask", "dequantize",
+    "element_format", "fake_quant", "gaussian_pseudo_quant", "hadamard_matrix",
+    "hadamard_transform", "lsq_fake_quant", "quantize", "random_signs", "resolve_spec",
+    "valid_names",
+]

@@ -1,0 +1,204 @@
+"""`fake_quant` with gradient estimators, LSQ learned step sizes, Gaussian pseudo-quantization.
+
+References:
+  Bengio et al., "Estimating or Propagating Gradients Through Stochastic Neurons", 2013 (STE).
+  Panferov et al., "QuEST: Stable Training of LLMs with 1-Bit Weights and Activations",
+    arXiv:2502.05003 (trust mask).
+  Esser et al., "Learned Step Size Quantization", ICLR 2020, arXiv:1902.08153 (LSQ).
+  Défossez et al., "Differentiable Model Compression via Pseudo Quantization Noise",
+    arXiv:2104.09987 (noise pseudo-quantization).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Union
+
+import jax
+import jax.numpy as jnp
+
+from bitscale.numerics import bits as B
+from bitscale.numerics import elementwise as E
+from bitscale.numerics import quantize as Q
+from bitscale.numerics.formats import IntFormat
+from bitscale.numerics.specs import QuantSpec, Spec, resolve_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class STE:
+    """Straight-through: d fake_quant(x) / dx = 1 everywhere."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClippedSTE:
+    """Straight-through inside the representable range, zero where the input was clipped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustMask:
+    """QuEST trust estimator: gradient 1 where |x - q(x)| <= factor * step / 2, else 0.
+
+    ``step`` is the local grid spacing in x's units (the scale for integers, the scaled ulp of the
+    element for floats). ``factor=1`` is QuEST's default (trust = optimal scale / (levels - 1)
+    standard deviations, i.e. half a step): with nearest rounding it masks clipped elements only;
+    with stochastic rounding it also masks those that were rounded by more than ``factor`` half
+    steps.
+    """
+
+    factor: float = 1.0
+
+    def __post_init__(self):
+        if not self.factor > 0:
+            raise ValueError(f"TrustMask factor must be > 0, got {self.factor!r}")
+
+
+Estimator = Union[STE, ClippedSTE, TrustMask]
+ESTIMATORS: dict[str, Estimator] = {
+    "ste": STE(), "clipped_ste": ClippedSTE(), "trust": TrustMask()}
+
+
+def resolve_estimator(estimator: "str | Estimator") -> Estimator:
+    if isinstance(estimator, (STE, ClippedSTE, TrustMask)):
+        return estimator
+    if isinstance(estimator, str) and estimator in ESTIMATORS:
+        return ESTIMATORS[estimator]
+    raise ValueError(f"unknown estimator {estimator!r}; valid: {sorted(ESTIMATORS)} or an "
+                     "STE / ClippedSTE / TrustMask(factor) object")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _fq(x, rand, spec, axis, est):
+    return Q.fake_quant_core(x, spec, axis, rand)[0]
+
+
+def _fq_fwd(x, rand, spec, axis, est):
+    if isinstance(est, STE):
+        return Q.fake_quant_core(x, spec, axis, rand)[0], None
+    if isinstance(est, ClippedSTE):
+        y, clipped = Q.fake_quant_core(x, spec, axis, rand, "clipped")
+        return y, ~clipped
+    y, step = Q.fake_quant_core(x, spec, axis, rand, "step")
+    err = jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))
+    return y, err <= jnp.float32(est.factor / 2) * step
+
+
+def _fq_bwd(spec, axis, est, mask, g):
+    if mask is None:
+        return g, None
+    return jnp.where(mask, g, jnp.zeros_like(g)), None
+
+
+_fq.defvjp(_fq_fwd, _fq_bwd)
+
+
+def fake_quant(x: jax.Array, spec: "str | Spec", *, axis: int = -1, rounding: str = "nearest",
+               key: jax.Array | None = None, estimator: "str | Estimator" = "ste") -> jax.Array:
+    """Quantizes and dequantizes ``x``, returning an array of x's dtype and shape.
+
+    Args:
+      x: float32, bfloat16 or float16 array.
+      spec: a name (``"fp8_e4m3"``, ``"int8@channel"``, ``"mxfp4"``, ...; see `specs`) or a spec
+        object. A plain element format is a saturating cast with no scale.
+      axis: the axis along which elements share a scale (channel and block specs).
+      rounding: ``"nearest"`` (ties to even) or ``"stochastic"`` (needs ``key``); the random bits
+        are a counter hash of (key, flat element index), identical on every backend.
+      key: a `jax.random` key.
+      estimator: ``"ste"``, ``"clipped_ste"``, ``"trust"`` or an estimator object.
+    """
+    spec = resolve_spec(spec)
+    x = Q.check_input(x)
+    axis = Q.check_axis(axis, x.ndim)
+    Q.check_rounding(rounding, key)
+    est = resolve_estimator(estimator)
+    if isinstance(spec, QuantSpec):
+        Q.S.grouping(x.shape, spec, axis)  # validate the block size eagerly
+    rand = Q.random_bits_for(x, rounding, key)
+    return _fq(x, rand, spec, axis, est)
+
+
+# ---------------------------------------------------------------------------------------------
+# LSQ
+
+
+def lsq_fake_quant(x: jax.Array, step: jax.Array, fmt: "str | IntFormat" = "int4", *,
+                   grad_scale: float | None = None) -> jax.Array:
+    """LSQ: ``clip(round(x / step), qmin, qmax) * step`` with a learnable ``step``.
+
+    ``step`` broadcasts against ``x`` (a scalar, or per channel with kept dims). Gradients (Esser et
+    al., eq. 3): dx = 1 inside [qmin, qmax] * step, else 0; d step = (round(v) - v) inside,
+    qmin or qmax outside, times ``grad_scale`` (default 1 / sqrt(elements per step * qmax)),
+    summed over the elements sharing a step.
+    """
+    fmt = resolve_spec(fmt) if isinstance(fmt, str) else fmt
+    if not isinstance(fmt, IntFormat):
+        raise ValueError(f"lsq_fake_quant needs an integer format, got {getattr(fmt, 'name', fmt)!r}")
+    x = Q.check_input(x)
+    step = jnp.asarray(step, x.dtype)
+    if not jnp.issubdtype(step.dtype, jnp.floating):
+        raise TypeError(f"step must be a float array, got dtype {step.dtype}")
+    try:
+        jnp.broadcast_shapes(step.shape, x.shape)
+    except ValueError:
+        raise ValueError(f"step of shape {step.shape} does not broadcast to x of shape "
+                         f"{x.shape}") from None
+    if step.ndim > x.ndim or jnp.broadcast_shapes(step.shape, x.shape) != x.shape:
+        raise ValueError(f"step of shape {step.shape} must broadcast to x's shape {x.shape}")
+    if grad_scale is None:
+        grad_scale = 1.0 / math.sqrt(x.size / max(step.size, 1) * fmt.qmax)
+    return _lsq(x, step, fmt, float(grad_scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _lsq(x, step, fmt, gscale):
+    return _lsq_fwd(x, step, fmt, gscale)[0]
+
+
+def _lsq_fwd(x, step, fmt, gscale):
+    v = B.exact_div(x.astype(jnp.float32), step.astype(jnp.float32))
+    vc = jnp.clip(v, float(fmt.qmin), float(fmt.qmax))
+    q = E.round_fixed(vc, 0, None).astype(jnp.float32)
+    y = (q * step.astype(jnp.float32)).astype(x.dtype)
+    return y, (v, q, step)
+
+
+def _lsq_bwd(fmt, gscale, res, g):
+    v, q, step = res
+    inside = (v >= fmt.qmin) & (v <= fmt.qmax)
+    g32 = g.astype(jnp.float32)
+    dx = jnp.where(inside, g32, 0.0).astype(g.dtype)
+    dstep_el = jnp.where(inside, q - v, q) * g32 * gscale
+    # Sum over the broadcast dimensions back to step's shape.
+    extra = dstep_el.ndim - step.ndim
+    dstep = jnp.sum(dstep_el, axis=tuple(range(extra))) if extra else dstep_el
+    axes = tuple(i for i, d in enumerate(step.shape) if d == 1 and dstep.shape[i] != 1)
+    dstep = jnp.sum(dstep, axis=axes, keepdims=True) if axes else dstep
+    return dx, dstep.reshape(step.shape).astype(step.dtype)
+
+
+_lsq.defvjp(_lsq_fwd, _lsq_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian pseudo-quantization
+
+
+def gaussian_pseudo_quant(x: jax.Array, spec: "str | Spec", key: jax.Array, *, axis: int = -1,
+                          std_factor: float = 1.0 / math.sqrt(12.0)) -> jax.Array:
+    """``x + std_factor * step(x) * N(0, 1)``: quantization replaced by noise of matching size.
+
+    ``step(x)`` is the spec's local grid spacing at x (the scale for integers, the scaled ulp for
+    floats); the default std step/sqrt(12) equals the standard deviation of uniform rounding error.
+    The gradient is the identity (the noise is a constant).
+    """
+    spec = resolve_spec(spec)
+    x = Q.check_input(x)
+    axis = Q.check_axis(axis, x.ndim)
+    if key is None:
+        raise ValueError("gaussian_pseudo_quant needs a PRNG key")
+    if isinstance(spec, QuantSpec):
+        Q.S.grouping(x.shape, spec, axis)
+    _, step = Q.fake_quant_core(jax.lax.stop_gradient(x), spec, axis, None, "step")
+    noise = jax.random.normal(key, x.shape, jnp.float32) * step * jnp.float32(std_factor)
+    return x + jax.lax.stop_gradient(noise).astype(x.dtype)
