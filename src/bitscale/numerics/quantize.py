@@ -123,6 +123,8 @@ class _Out(NamedTuple):
 def _cast(x: jax.Array, fmt, rand, want_codes: bool, want: str | None) -> _Out:
     """Unscaled element casts."""
     mag = B.to_bits(x) & U32(B.ABS_MASK)
+    if isinstance(fmt, FloatFormat) and not want_codes and want is None:
+        return _Out(E.cast_float(x, fmt, rand), None, None, None)
     if isinstance(fmt, FloatFormat):
         r = E.round_float(x, fmt, rand)
         y = E.rounded_to_f32(r)

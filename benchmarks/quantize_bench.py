@@ -1,0 +1,77 @@
+"""fake_quant speed as a ratio to a plain XLA round-trip cast of the same array.
+
+    python benchmarks/quantize_bench.py [--size 4096] [--repeats 20]
+
+Baseline: ``x.astype(jnp.float8_e4m3fn).astype(jnp.float32)`` on the same 4096x4096 float32 array,
+measured in the same run. Targets (issue 2): element casts <= 1.5x, block formats <= 3x, stochastic
+rounding <= 2x its nearest-even counterpart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+import bitscale as bs
+
+CASES = [
+    ("fp8_e4m3", "nearest", "element", 1.5),
+    ("fp4_e2m1", "nearest", "element", 1.5),
+    ("int8@channel", "nearest", "block", 3.0),
+    ("mxfp4", "nearest", "block", 3.0),
+    ("nvfp4", "nearest", "block", 3.0),
+    ("fp8_e4m3", "stochastic", "sr", 2.0),
+    ("fp4_e2m1", "stochastic", "sr", 2.0),
+    ("int8@channel", "stochastic", "sr", 2.0),
+    ("mxfp4", "stochastic", "sr", 2.0),
+    ("nvfp4", "stochastic", "sr", 2.0),
+]
+
+
+def median_time(fn, x, repeats: int) -> float:
+    fn(x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+
+    x = jax.random.normal(jax.random.key(0), (args.size, args.size), jnp.float32)
+    key = jax.random.key(1)
+    baseline = jax.jit(lambda a: a.astype(jnp.float8_e4m3fn).astype(jnp.float32))
+    t_base = median_time(baseline, x, args.repeats)
+
+    times = {}
+    for spec, rounding, _, _ in CASES:
+        fn = jax.jit(lambda a, s=spec, r=rounding: bs.fake_quant(
+            a, s, rounding=r, key=key if r == "stochastic" else None))
+        times[(spec, rounding)] = median_time(fn, x, args.repeats)
+
+    print(f"backend: {jax.default_backend()}  array: {args.size}x{args.size} float32  "
+          f"baseline (XLA f8 round trip): {t_base * 1e3:.2f} ms")
+    print(f"{'spec':<14} {'rounding':<11} {'ratio':>7} {'vs':<22} {'target':>7} {'ok':>4}")
+    for spec, rounding, kind, target in CASES:
+        t = times[(spec, rounding)]
+        if kind == "sr":
+            ref, ref_name = times[(spec, "nearest")], "its nearest-even"
+        else:
+            ref, ref_name = t_base, "XLA cast round trip"
+        ratio = t / ref
+        print(f"{spec:<14} {rounding:<11} {ratio:7.2f} {ref_name:<22} {target:7.1f} "
+              f"{'yes' if ratio <= target else 'NO':>4}")
+
+
+if __name__ == "__main__":
+    main()
