@@ -126,13 +126,16 @@ def pow2_bits(e: jax.Array) -> jax.Array:
 def exact_div(a: jax.Array, b: jax.Array | float) -> jax.Array:
     """Correctly rounded ``a / b`` with ``b`` broadcast to a's shape.
 
-    XLA's algebraic simplifier rewrites ``a / broadcast(b)`` as ``a * (1 / b)``, which is off by an
-    ulp for about a third of inputs; the optimization barrier keeps the true division.
+    XLA on CPU turns a division by a loop-invariant (broadcast) divisor into a multiplication by
+    its reciprocal, off by an ulp for about a third of inputs, also after `vmap` broadcasts it.
+    Making the divisor depend on ``a`` (a select that only differs for one NaN bit pattern of
+    ``a``, where the quotient is NaN either way) keeps the true division.
     """
     a = jnp.asarray(a)
     shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b))
     a = jnp.broadcast_to(a, shape)
-    b = lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(b, a.dtype), shape))
+    b = jnp.broadcast_to(jnp.asarray(b, a.dtype), shape)
+    b = jnp.where(to_bits(a.astype(jnp.float32)) == U32(0xFFFFFFFF), jnp.ones_like(b), b)
     return a / b
 
 
@@ -165,6 +168,10 @@ def hash_counter(index: jax.Array, k0: jax.Array, k1: jax.Array) -> jax.Array:
 
 def key_words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Two uint32 words of a `jax.random` key (typed key or raw uint32 key data)."""
+    if not hasattr(key, "dtype"):
+        raise TypeError(
+            "key must be a jax.random key (jax.random.key(seed) or jax.random.PRNGKey(seed)), "
+            f"got {type(key).__name__}: {key!r}")
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"expected a single PRNG key, got a key array of shape {key.shape}")

@@ -18,6 +18,7 @@ from typing import Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
@@ -135,9 +136,10 @@ def lsq_fake_quant(x: jax.Array, step: jax.Array, fmt: "str | IntFormat" = "int4
     if not isinstance(fmt, IntFormat):
         raise ValueError(f"lsq_fake_quant needs an integer format, got {getattr(fmt, 'name', fmt)!r}")
     x = Q.check_input(x)
+    step_dtype = step.dtype if hasattr(step, "dtype") else np.asarray(step).dtype
+    if not jnp.issubdtype(step_dtype, jnp.floating):
+        raise TypeError(f"step must be a float array, got dtype {step_dtype}")
     step = jnp.asarray(step, x.dtype)
-    if not jnp.issubdtype(step.dtype, jnp.floating):
-        raise TypeError(f"step must be a float array, got dtype {step.dtype}")
     try:
         jnp.broadcast_shapes(step.shape, x.shape)
     except ValueError:
@@ -147,7 +149,8 @@ def lsq_fake_quant(x: jax.Array, step: jax.Array, fmt: "str | IntFormat" = "int4
         raise ValueError(f"step of shape {step.shape} must broadcast to x's shape {x.shape}")
     if grad_scale is None:
         grad_scale = 1.0 / math.sqrt(x.size / max(step.size, 1) * fmt.qmax)
-    return _lsq(x, step, fmt, float(grad_scale))
+    step_full_rank = step.reshape((1,) * (x.ndim - step.ndim) + step.shape)
+    return _lsq(x, step_full_rank, fmt, float(grad_scale))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))

@@ -34,17 +34,19 @@ _FLOAT_INPUTS = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 def check_input(x: Any, name: str = "x") -> jax.Array:
     """Accepts float32 / bfloat16 / float16 arrays; rejects everything else by name."""
-    x = jnp.asarray(x) if not isinstance(x, jax.Array) else x
-    if x.dtype not in [jnp.dtype(d) for d in _FLOAT_INPUTS]:
+    dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype  # before any x64 downcast
+    if dtype not in [jnp.dtype(d) for d in _FLOAT_INPUTS]:
         raise TypeError(
-            f"{name} must be a float32, bfloat16 or float16 array, got dtype {x.dtype}"
-            + ("; cast integers to float first" if jnp.issubdtype(x.dtype, jnp.integer) else "")
-            + ("; float64 is not supported (cast to float32)" if x.dtype == jnp.float64 else ""))
-    return x
+            f"{name} must be a float32, bfloat16 or float16 array, got dtype {dtype}"
+            + ("; cast integers to float first" if jnp.issubdtype(dtype, jnp.integer) else "")
+            + ("; float64 is not supported (cast to float32)" if dtype == np.float64 else ""))
+    return jnp.asarray(x)
 
 
 def check_axis(axis: int, ndim: int) -> int:
-    if not isinstance(axis, (int, np.integer)) or not -max(ndim, 1) <= axis < max(ndim, 1):
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}: {axis!r}")
+    if not -max(ndim, 1) <= axis < max(ndim, 1):
         raise ValueError(f"axis {axis!r} is out of range for an array of rank {ndim}")
     return int(axis) % max(ndim, 1)
 

@@ -125,6 +125,9 @@ class QuantSpec:
         sf = self.scale_format
         if sf is not None and not isinstance(sf, (E8M0Format, FloatFormat)):
             raise ValueError(f"scale_format must be e8m0 or a float format, got {sf.name}")
+        if self.scale_rounding != "floor" and not isinstance(sf, E8M0Format):
+            raise ValueError(f"scale_rounding={self.scale_rounding!r} applies to e8m0 (power-of-two) "
+                             f"scales only; this spec's scales are {getattr(sf, 'name', 'float32')}")
         if isinstance(sf, E8M0Format):
             if self.int_range == "asymmetric":
                 raise ValueError("power-of-two (e8m0) scales do not support asymmetric ints")
@@ -211,7 +214,9 @@ def resolve_spec(spec: "str | Spec") -> Spec:
     else:
         try:
             elem = element_format(base)
-        except ValueError:
+        except ValueError as err:
+            if not str(err).startswith("unknown element format"):
+                raise ValueError(f"invalid format {base!r} in spec {spec!r}: {err}") from None
             raise ValueError(
                 f"unknown format {base!r} in spec {spec!r}; valid names: {valid_names()} "
                 "(or e<E>m<M>[_fn|_ext]), optionally with @tensor|@channel|@g<N>, :<scale "

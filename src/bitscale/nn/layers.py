@@ -1,0 +1,95 @@
+"""Flax NNX layers whose matmuls go through the policy's quantized `dot_general`.
+
+Kernels are stored ``[in, out]`` (Hugging Face stores ``[out, in]``; `bitscale.nn.hf`
+transposes). Every parameter carries ``logical_axes`` metadata for `bitscale.nn.sharding`.
+
+References:
+  Zhang & Sennrich, "Root Mean Square Layer Normalization", arXiv:1910.07467.
+  Flax NNX `nnx.Linear` / `nnx.Embed`; transformers `LlamaRMSNorm`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bitscale.numerics.quantize import QArray
+from bitscale.nn.packed import packed_matmul
+from bitscale.nn.policy import Rule
+from bitscale.nn.qdot import qdot
+
+
+class PackedWeight(nnx.Variable):
+    """A post-training-quantized kernel: its value is a `QArray` (not trained)."""
+
+
+def _init(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+class Linear(nnx.Module):
+    """``y = x @ W (+ b)`` through `qdot` with this layer's `Rule`; output in ``out_dtype``."""
+
+    def __init__(self, d_in: int, d_out: int, *, rule: Rule, path: str, axes: tuple[str, str],
+                 bias: bool = False, param_dtype="float32", out_dtype="float32",
+                 std: float = 0.02, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_init(rngs, (d_in, d_out), std, param_dtype), logical_axes=axes)
+        self.bias = (nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=axes[1:])
+                     if bias else None)
+        self.rule = rule
+        self.path = path
+        self.out_dtype = jnp.dtype(out_dtype).name
+        self.implementation = "auto"
+
+    def __call__(self, x: jax.Array, *, key: Optional[jax.Array] = None) -> jax.Array:
+        w = self.kernel.get_value()
+        if isinstance(w, QArray):
+            y = packed_matmul(x, w, compute_dtype=self.rule.compute_dtype,
+                              implementation=self.implementation)
+        else:
+            y = qdot(x, w, (((x.ndim - 1,), (0,)), ((), ())), self.rule, key=key, path=self.path)
+        if self.bias is not None:
+            b = self.bias.get_value().astype(jnp.float32)
+            y = y + b.reshape((1,) * (y.ndim - 1) + b.shape)
+        return y.astype(self.out_dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding table [vocab, embed]; `attend` is the tied lm head ``x @ E^T``."""
+
+    def __init__(self, vocab: int, dim: int, *, param_dtype="float32", out_dtype="float32",
+                 std: float = 0.02, head_rule: Optional[Rule] = None, rngs: nnx.Rngs):
+        self.embedding = nnx.Param(_init(rngs, (vocab, dim), std, param_dtype),
+                                   logical_axes=("vocab", "embed"))
+        self.out_dtype = jnp.dtype(out_dtype).name
+        self.head_rule = head_rule
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding.get_value(), tokens, axis=0).astype(self.out_dtype)
+
+    def attend(self, x: jax.Array, *, key: Optional[jax.Array] = None,
+               path: str = "lm_head") -> jax.Array:
+        """float32 logits ``x @ E^T`` (weight quantized along its embed axis, the contraction)."""
+        table = self.embedding.get_value()
+        return qdot(x, table, (((x.ndim - 1,), (1,)), ((), ())), self.head_rule, key=key,
+                    path=path)
+
+
+class RMSNorm(nnx.Module):
+    """``scale * x / rms(x)``, computed in float32 (as transformers' LlamaRMSNorm)."""
+
+    def __init__(self, dim: int, *, eps: float, param_dtype="float32", out_dtype="float32"):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+        self.eps = float(eps)
+        self.out_dtype = jnp.dtype(out_dtype).name
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        y = (xf * jax.lax.rsqrt(var + jnp.float32(self.eps))).astype(x.dtype)
+        s = self.scale.get_value().astype(jnp.float32)
+        return (s.reshape((1,) * (y.ndim - 1) + s.shape) * y.astype(jnp.float32)).astype(
+            self.out_dtype)

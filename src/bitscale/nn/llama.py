@@ -1,0 +1,201 @@
+"""The Llama-family decoder (Llama 2/3, Qwen2, Mistral) in Flax NNX with a precision policy.
+
+``model(tokens)`` maps int32 tokens [batch, length] to float32 logits [batch, length, vocab].
+With ``cache=`` it also returns the updated `KVCache` (prefill and decode are the same call).
+
+References:
+  Touvron et al., "Llama 2", arXiv:2307.09288; Grattafiori et al., "The Llama 3 Herd of Models",
+    arXiv:2407.21783; Shazeer, "GLU Variants Improve Transformer", arXiv:2002.05202 (SwiGLU).
+  transformers 5 `LlamaForCausalLM`, `Qwen2ForCausalLM`, `MistralForCausalLM`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bitscale.nn.attention import Attention, KVCache, init_cache
+from bitscale.nn.attention import attention_mask as make_mask
+from bitscale.nn.config import ModelConfig
+from bitscale.nn.layers import Embed, Linear, RMSNorm
+from bitscale.nn.policy import Policy, resolve_policy
+from bitscale.nn.rope import rope_tables
+from bitscale.nn.sharding import constrain
+
+_MLP = ("gate_proj", "up_proj", "down_proj")
+_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj", "qk", "pv", "kv_cache")
+
+
+def module_paths(cfg: ModelConfig) -> list[str]:
+    """Every matmul / cache path a policy rule can match, in model order."""
+    out = []
+    for i in range(cfg.num_layers):
+        out += [f"layers.{i}.attn.{n}" for n in _ATTN]
+        out += [f"layers.{i}.mlp.{n}" for n in _MLP]
+    return out + ["lm_head"]
+
+
+class MLP(nnx.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: ModelConfig, policy: Policy, layer: int, *, param_dtype,
+                 rngs: nnx.Rngs):
+        p = f"layers.{layer}.mlp"
+        h, f = cfg.hidden_size, cfg.intermediate_size
+        kw = dict(param_dtype=param_dtype, out_dtype=policy.act_dtype,
+                  std=cfg.initializer_range, bias=cfg.mlp_bias, rngs=rngs)
+        self.gate_proj = Linear(h, f, rule=policy.rule_for(f"{p}.gate_proj"),
+                                path=f"{p}.gate_proj", axes=("embed", "mlp"), **kw)
+        self.up_proj = Linear(h, f, rule=policy.rule_for(f"{p}.up_proj"), path=f"{p}.up_proj",
+                              axes=("embed", "mlp"), **kw)
+        self.down_proj = Linear(f, h, rule=policy.rule_for(f"{p}.down_proj"),
+                                path=f"{p}.down_proj", axes=("mlp", "embed"), **kw)
+        self.act_dtype = policy.act_dtype
+        self.rules = cfg.logical_axis_rules
+
+    def __call__(self, x: jax.Array, *, key: Optional[jax.Array] = None) -> jax.Array:
+        gate = self.gate_proj(x, key=key).astype(jnp.float32)
+        up = self.up_proj(x, key=key).astype(jnp.float32)
+        hidden = (jax.nn.silu(gate) * up).astype(self.act_dtype)
+        hidden = constrain(hidden, ("act_batch", "act_length", "act_mlp"), self.rules)
+        return self.down_proj(hidden, key=key)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``."""
+
+    def __init__(self, cfg: ModelConfig, policy: Policy, layer: int, *, param_dtype,
+                 rngs: nnx.Rngs):
+        kw = dict(eps=cfg.rms_norm_eps, param_dtype=param_dtype, out_dtype=policy.act_dtype)
+        self.input_norm = RMSNorm(cfg.hidden_size, **kw)
+        self.attn = Attention(cfg, policy, layer, param_dtype=param_dtype, rngs=rngs)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, **kw)
+        self.mlp = MLP(cfg, policy, layer, param_dtype=param_dtype, rngs=rngs)
+        self.window = cfg.window(layer)
+
+    def __call__(self, x, cos, sin, masks, *, kv=None, index=None, key=None):
+        mask = masks[1] if self.window is not None else masks[0]
+        a, new_kv = self.attn(self.input_norm(x), cos, sin, mask, kv=kv, index=index, key=key)
+        h = x + a
+        return h + self.mlp(self.post_attn_norm(h), key=key), new_kv
+
+
+class Llama(nnx.Module):
+    """Llama-family causal language model.
+
+    Args:
+      cfg: the `ModelConfig`.
+      policy: a `Policy` or a named policy (``fp32``, ``bf16``, ``layercast``, ``fp8``,
+        ``mxfp4``, ``nvfp4``, ``int8``, ``int4@g128``). Every rule must match some module path
+        (`module_paths`); a strict policy raises otherwise.
+      param_dtype: storage dtype of the parameters (default: the policy's).
+      rngs: initializers' randomness (weights ~ N(0, initializer_range), as transformers).
+    """
+
+    def __init__(self, cfg: ModelConfig, policy: "str | Policy" = "fp32", *,
+                 param_dtype=None, rngs: nnx.Rngs):
+        policy = resolve_policy(policy)
+        policy.check(module_paths(cfg))
+        pd = jnp.dtype(param_dtype or policy.param_dtype).name
+        self.cfg = cfg
+        self.policy = policy
+        self.embed = Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=pd,
+                           out_dtype=policy.act_dtype, std=cfg.initializer_range,
+                           head_rule=policy.rule_for("lm_head") if cfg.tie_word_embeddings
+                           else None, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, policy, i, param_dtype=pd, rngs=rngs)
+                                for i in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pd,
+                            out_dtype=policy.act_dtype)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(
+            cfg.hidden_size, cfg.vocab_size, rule=policy.rule_for("lm_head"), path="lm_head",
+            axes=("embed", "vocab"), param_dtype=pd, out_dtype="float32",
+            std=cfg.initializer_range, rngs=rngs)
+
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty `KVCache` in the policy's activation dtype."""
+        return init_cache(self.cfg, batch, max_len, self.policy.act_dtype)
+
+    def __call__(self, tokens: jax.Array, *, attention_mask: Optional[jax.Array] = None,
+                 positions: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
+                 key: Optional[jax.Array] = None):
+        """Logits for ``tokens``.
+
+        Args:
+          tokens: int32 [batch, length].
+          attention_mask: [batch, length], 1 for real tokens and 0 for (left) padding.
+          positions: int32 [batch, length]; default: the running count of real tokens (cache
+            included), so a left-padded row gets the same positions as the unpadded one.
+          cache: a `KVCache`; the tokens are written at ``cache.index`` and the call returns
+            ``(logits, new_cache)``.
+          key: `jax.random` key for stochastic rounding in the policy (None: nearest).
+        Returns:
+          float32 logits [batch, length, vocab] (and the new cache when ``cache`` is given).
+        """
+        cfg = self.cfg
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be an int array [batch, length], got {tokens.dtype}"
+                             f"{list(tokens.shape)}")
+        b, t = tokens.shape
+        real = (jnp.ones((b, t), bool) if attention_mask is None
+                else jnp.asarray(attention_mask).astype(bool))
+        if real.shape != (b, t):
+            raise ValueError(f"attention_mask shape {real.shape} != tokens shape {(b, t)}")
+        if cache is not None:
+            if cache.valid.shape[0] != b:
+                raise ValueError(f"cache batch {cache.valid.shape[0]} != tokens batch {b}")
+            prev = jnp.sum(cache.valid.astype(jnp.int32), axis=-1)
+            index = cache.index
+            k_valid = jax.lax.dynamic_update_slice(cache.valid, real, (jnp.int32(0), index))
+            q_slots = index + jnp.arange(t, dtype=jnp.int32)
+        else:
+            prev = jnp.zeros((b,), jnp.int32)
+            index, k_valid = None, real
+            q_slots = jnp.arange(t, dtype=jnp.int32)
+        if positions is None:
+            positions = prev[:, None] + jnp.cumsum(real.astype(jnp.int32), axis=-1) - 1
+            positions = jnp.maximum(positions, 0)
+        positions = jnp.asarray(positions, jnp.int32)
+        cos, sin = rope_tables(cfg, positions)
+        full = make_mask(q_slots, k_valid, positions, None)
+        windowed = (make_mask(q_slots, k_valid, positions, cfg.sliding_window)
+                    if cfg.sliding_window is not None else full)
+        x = self.embed(tokens)
+        x = constrain(x, ("act_batch", "act_length", "act_embed"), cfg.logical_axis_rules)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            kv = (cache.k[i], cache.v[i]) if cache is not None else None
+            x, nkv = layer(x, cos, sin, (full, windowed), kv=kv, index=index, key=key)
+            x = constrain(x, ("act_batch", "act_length", "act_embed"), cfg.logical_axis_rules)
+            if nkv is not None:
+                new_k.append(nkv[0])
+                new_v.append(nkv[1])
+        x = self.norm(x)
+        if self.lm_head is not None:
+            logits = self.lm_head(x, key=key)
+        else:
+            logits = self.embed.attend(x, key=key)
+        logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"),
+                           cfg.logical_axis_rules)
+        if cache is None:
+            return logits
+        return logits, KVCache(tuple(new_k), tuple(new_v), k_valid, index + t)
+
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _apply(graphdef, state, tokens, attention_mask, positions, cache, key):
+    model = nnx.merge(graphdef, state)
+    return model(tokens, attention_mask=attention_mask, positions=positions, cache=cache, key=key)
+
+
+def apply(model: Llama, tokens: jax.Array, *, attention_mask=None, positions=None, cache=None,
+          key=None):
+    """``model(tokens, ...)`` compiled with `jax.jit` (split / merge at the boundary)."""
+    graphdef, state = nnx.split(model)
+    return _apply(graphdef, state, tokens, attention_mask, positions, cache, key)

@@ -1,0 +1,59 @@
+"""Matmul against packed `QArray` weights (post-training quantized inference).
+
+``implementation``: ``"xla"`` dequantizes the codes and runs an XLA dot; ``"pallas"`` calls
+``pallas_kernels.packed_matmul``; ``"auto"`` uses the Pallas kernel when that package provides
+one and XLA otherwise.
+
+Kernel contract (for ``pallas_kernels.packed_matmul``)::
+
+    packed_matmul(x: Array[..., in], w: QArray[in, out] (axis=0), *,
+                  compute_dtype: jnp.dtype) -> float32 Array[..., out]
+
+and it must equal ``dot(x.astype(cd), dequantize(w).astype(cd))`` accumulated in float32.
+
+References:
+  Frantar et al., "Marlin: Mixed-Precision Auto-Regressive Parallel Inference", arXiv:2408.11743
+  (packed weight-only kernels); JAX Pallas documentation.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bitscale.numerics.quantize import QArray, dequantize
+
+IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+
+def pallas_packed_matmul() -> Optional[Callable]:
+    """``pallas_kernels.packed_matmul`` when importable, else None."""
+    try:
+        import pallas_kernels  # noqa: PLC0415
+    except ImportError:
+        return None
+    return getattr(pallas_kernels, "packed_matmul", None)
+
+
+def packed_matmul(x: jax.Array, w: QArray, *, compute_dtype="float32",
+                  implementation: str = "auto") -> jax.Array:
+    """``x @ dequantize(w)`` for a [in, out] `QArray` quantized along axis 0; float32 out."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if not isinstance(w, QArray) or len(w.shape) != 2:
+        raise TypeError("packed_matmul needs a 2-D QArray weight [in, out]")
+    if x.shape[-1] != w.shape[0]:
+        raise ValueError(f"x's last axis {x.shape[-1]} does not match the weight's {w.shape}")
+    cd = jnp.dtype(compute_dtype)
+    if implementation != "xla":
+        kernel = pallas_packed_matmul()
+        if kernel is not None:
+            return kernel(x, w, compute_dtype=cd)
+        if implementation == "pallas":
+            raise RuntimeError("implementation='pallas' but pallas_kernels.packed_matmul is not "
+                               "available; use 'auto' or 'xla'")
+    return lax.dot_general(x.astype(cd), dequantize(w).astype(cd),
+                           (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)

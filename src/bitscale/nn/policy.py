@@ -1,0 +1,225 @@
+"""Precision policies: ordered regex rules on module paths that choose each matmul's numerics.
+
+A `Rule` says, for every matmul whose module path it matches, how to quantize the two forward
+operands, the output gradient and the two operand gradients, with which gradient estimator,
+in which compute dtype, and whether the weight gradient is formed from the quantized or the
+original activation. A `Policy` is an ordered tuple of rules (first full match wins) plus the
+storage dtype of the weights and the dtype of the residual stream. Policies are plain frozen
+data: a config file can define new ones without touching model code.
+
+Module paths of the Llama model (`bitscale.nn.llama.module_paths`)::
+
+    layers.<i>.attn.{q_proj,k_proj,v_proj,o_proj}   projections (x @ W, W: [in, out])
+    layers.<i>.attn.qk / layers.<i>.attn.pv         attention products (lhs = q / probs,
+                                                    rhs = k / v)
+    layers.<i>.attn.kv_cache                        keys/values as stored in the cache
+                                                    (``act`` spec, along head_dim)
+    layers.<i>.mlp.{gate_proj,up_proj,down_proj}
+    lm_head                                         x @ W_head (or x @ E^T when tied)
+
+References:
+  Qwix (google/qwix): regex `QuantizationRule`s on module paths, `bwd_use_original_residuals`.
+  AQT (google/aqt): injected quantized `dot_general`.
+  Yuan et al., "Give Me FP32 or Give Me Death? Challenges and Solutions for Reproducible
+    Reasoning", arXiv:2506.09501 (LayerCast: bf16 weights, fp32 computation).
+  Micikevicius et al., "FP8 Formats for Deep Learning", arXiv:2209.05433 (E4M3 fwd, E5M2 bwd).
+  Tseng et al., "Training LLMs with MXFP4", arXiv:2502.20586 (stochastic rounding of gradients).
+  NVIDIA, "Pretraining Large Language Models with NVFP4", arXiv:2509.25149.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Iterable, Literal, Union
+
+import jax.numpy as jnp
+
+from bitscale.numerics.estimators import Estimator, resolve_estimator
+from bitscale.numerics.specs import Spec, resolve_spec
+
+SpecLike = Union[str, Spec, None]
+DTYPES = ("float32", "bfloat16", "float16")
+ROUNDINGS = ("nearest", "stochastic")
+WGRAD_ACTS = ("quantized", "original")
+
+
+def _dtype_name(d) -> str:
+    name = jnp.dtype(d).name
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {d!r}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """How the matmuls whose module path fully matches ``pattern`` are computed.
+
+    For ``y = lhs . rhs`` (``x @ W`` in a projection; ``q . k`` / ``p . v`` in attention):
+
+    Attributes:
+      pattern: regex, matched with `re.fullmatch` against the dotted module path.
+      weight: spec of the right operand (the weight), quantized along its contraction axis
+        (axis 0 of a [in, out] kernel); None keeps it unquantized.
+      act: spec of the left operand (the activation), quantized along its contraction axis
+        (the last axis). For ``*.kv_cache`` paths: the spec of cached keys and values.
+      grad: spec of the output gradient dY, quantized along its last axis before it enters both
+        backward products (dX = dY . W^T and dW = X^T . dY).
+      grad_lhs: spec of the activation gradient dX (after the product), along lhs's contraction
+        axis.
+      grad_rhs: spec of the weight gradient dW (after the product), along rhs's contraction axis.
+      estimator: gradient estimator of the forward fake-quant (``ste``, ``clipped_ste``,
+        ``trust`` or an estimator object); it masks dX and dW.
+      compute_dtype: dtype the (fake-quantized) operands are cast to for the product; the product
+        always accumulates and returns float32 (``preferred_element_type``).
+      wgrad_act: ``quantized`` forms dW from the fake-quantized activation (the plain
+        straight-through estimator); ``original`` from the unquantized one (AQT / Qwix
+        ``bwd_use_original_residuals``). dX always uses the fake-quantized weight.
+      fwd_rounding: rounding of the forward operands (``nearest`` or ``stochastic``).
+      grad_rounding: rounding of dY, dX and dW quantization. Stochastic rounding draws its bits
+        from the key passed to the model call (``model(tokens, key=...)``), folded with the module
+        path; without a key it falls back to nearest rounding (see `bitscale.nn.qdot`).
+    """
+
+    pattern: str
+    weight: SpecLike = None
+    act: SpecLike = None
+    grad: SpecLike = None
+    grad_lhs: SpecLike = None
+    grad_rhs: SpecLike = None
+    estimator: Union[str, Estimator] = "ste"
+    compute_dtype: str = "float32"
+    wgrad_act: Literal["quantized", "original"] = "quantized"
+    fwd_rounding: Literal["nearest", "stochastic"] = "nearest"
+    grad_rounding: Literal["nearest", "stochastic"] = "nearest"
+
+    def __post_init__(self):
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise ValueError(f"rule pattern {self.pattern!r} is not a valid regex: {e}") from None
+        for f in ("weight", "act", "grad", "grad_lhs", "grad_rhs"):
+            v = getattr(self, f)
+            if v is not None:
+                object.__setattr__(self, f, resolve_spec(v))
+        object.__setattr__(self, "estimator", resolve_estimator(self.estimator))
+        object.__setattr__(self, "compute_dtype", _dtype_name(self.compute_dtype))
+        if self.wgrad_act not in WGRAD_ACTS:
+            raise ValueError(f"wgrad_act must be one of {WGRAD_ACTS}, got {self.wgrad_act!r}")
+        for f in ("fwd_rounding", "grad_rounding"):
+            if getattr(self, f) not in ROUNDINGS:
+                raise ValueError(f"{f} must be one of {ROUNDINGS}, got {getattr(self, f)!r}")
+
+    @property
+    def quantized(self) -> bool:
+        """True when any operand or gradient is quantized (the custom-VJP path is needed)."""
+        return any(getattr(self, f) is not None
+                   for f in ("weight", "act", "grad", "grad_lhs", "grad_rhs"))
+
+    @property
+    def weight_only(self) -> bool:
+        return self.weight is not None and not any(
+            getattr(self, f) is not None for f in ("act", "grad", "grad_lhs", "grad_rhs"))
+
+    def matches(self, path: str) -> bool:
+        return re.fullmatch(self.pattern, path) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """An ordered tuple of rules plus storage and residual-stream dtypes.
+
+    Attributes:
+      name: a label (shown in benchmarks and errors).
+      rules: the first rule whose pattern fully matches a module path applies; paths no rule
+        matches are computed unquantized in ``act_dtype``.
+      param_dtype: storage dtype of every parameter (weights, embeddings, norm scales).
+      act_dtype: dtype of the residual stream and layer outputs. Norms, softmax and logits are
+        computed in float32 regardless; logits are returned in float32.
+      strict: a rule that matches no module path of the model raises (True) or warns (False).
+    """
+
+    name: str
+    rules: tuple[Rule, ...] = ()
+    param_dtype: str = "float32"
+    act_dtype: str = "float32"
+    strict: bool = True
+
+    def __post_init__(self):
+        rules = tuple(self.rules)
+        for r in rules:
+            if not isinstance(r, Rule):
+                raise TypeError(f"policy {self.name!r}: rules must be Rule objects, got {r!r}")
+        object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype))
+        object.__setattr__(self, "act_dtype", _dtype_name(self.act_dtype))
+
+    @property
+    def default_rule(self) -> Rule:
+        return Rule(".*", compute_dtype=self.act_dtype)
+
+    def rule_for(self, path: str) -> Rule:
+        """The first rule fully matching ``path``, else the unquantized default."""
+        for r in self.rules:
+            if r.matches(path):
+                return r
+        return self.default_rule
+
+    def unmatched_rules(self, paths: Iterable[str]) -> list[Rule]:
+        """Rules that match none of ``paths`` (typos, or rules for another architecture)."""
+        paths = list(paths)
+        return [r for r in self.rules if not any(r.matches(p) for p in paths)]
+
+    def check(self, paths: Iterable[str]) -> None:
+        """Reports rules that match no module path: raises when strict, else warns."""
+        bad = self.unmatched_rules(paths)
+        if not bad:
+            return
+        paths = list(paths)
+        msg = (f"policy {self.name!r}: rule pattern(s) {[r.pattern for r in bad]} match no module "
+               f"path of this model; paths look like {paths[:3] + paths[-1:]} (patterns use "
+               "re.fullmatch)")
+        if self.strict:
+            raise ValueError(msg)
+        import warnings
+        warnings.warn(msg, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Named policies
+
+PROJ = r"layers\.\d+\.(attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+"""Regex of the seven projections of every decoder layer (not the lm head, not attention)."""
+
+
+def _quantized(name: str, **kw) -> Policy:
+    """The projections quantized as ``kw`` says; the lm head and attention stay float32."""
+    return Policy(name, (Rule("lm_head"), Rule(PROJ, **kw)))
+
+
+NAMED_POLICIES: dict[str, Policy] = {
+    "fp32": Policy("fp32", (Rule(".*", compute_dtype="float32"),)),
+    "bf16": Policy("bf16", (Rule(".*", compute_dtype="bfloat16"),), param_dtype="bfloat16",
+                   act_dtype="bfloat16"),
+    "layercast": Policy("layercast", (Rule(".*", compute_dtype="float32"),),
+                        param_dtype="bfloat16", act_dtype="float32"),
+    # Row-wise (per token / per output channel) scaled FP8, torchao "float8 rowwise" style.
+    "fp8": _quantized("fp8", weight="fp8_e4m3@channel", act="fp8_e4m3@channel",
+                      grad="fp8_e5m2@channel"),
+    "mxfp4": _quantized("mxfp4", weight="mxfp4", act="mxfp4", grad="mxfp4",
+                        grad_rounding="stochastic"),
+    "nvfp4": _quantized("nvfp4", weight="nvfp4", act="nvfp4", grad="nvfp4",
+                        grad_rounding="stochastic"),
+    "int8": _quantized("int8", weight="int8@channel", act="int8@channel"),
+    "int4@g128": _quantized("int4@g128", weight="int4@g128"),
+}
+
+
+def resolve_policy(policy: "str | Policy") -> Policy:
+    """A `Policy` object, or the named policy; unknown names list the valid ones."""
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str) and policy in NAMED_POLICIES:
+        return NAMED_POLICIES[policy]
+    raise ValueError(f"unknown precision policy {policy!r}; valid names: "
+                     f"{sorted(NAMED_POLICIES)} (or pass a bitscale.nn.Policy)")

@@ -1,0 +1,180 @@
+"""The policy-driven quantized ``dot_general`` with its custom VJP.
+
+Forward: ``y = dot(Q_act(lhs), Q_weight(rhs))`` with each operand fake-quantized along its
+contraction axis (so MX / NVFP4 / int blocks run along the reduction dimension), cast to the
+rule's compute dtype, accumulated and returned in float32.
+
+Backward, for output gradient ``g``:
+
+1. ``gq = Q_grad(g)`` along g's last axis (None: unchanged);
+2. ``dX = gq . Q_weight(rhs)^T`` and ``dW = A^T . gq`` with ``A = Q_act(lhs)`` when
+   ``wgrad_act == "quantized"`` (plain STE) or ``A = lhs`` when ``"original"`` (AQT / Qwix);
+3. the forward fake-quant's estimator masks dX and dW (STE: identity);
+4. ``dX = Q_grad_lhs(dX)`` and ``dW = Q_grad_rhs(dW)``, along each operand's contraction axis.
+
+Stochastic rounding needs random bits. `qdot` takes one key per model call; it folds in a hash of
+the module path and then a slot number (0: lhs, 1: rhs, 2: g, 3: dX, 4: dW), so every
+quantization point of every layer gets its own deterministic stream. Without a key, stochastic
+rounding falls back to nearest rounding (and `qdot` warns once per path at trace time).
+
+References:
+  AQT (google/aqt) `aqt_dot_general.py`; Qwix (google/qwix) `dot_general_qt`.
+  Bengio et al., "Estimating or Propagating Gradients Through Stochastic Neurons", 2013.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bitscale.numerics.estimators import fake_quant
+from bitscale.nn.policy import Rule
+
+DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
+                         tuple[tuple[int, ...], tuple[int, ...]]]
+_SLOTS = 5
+_warned: set[str] = set()
+
+
+def path_key(key: jax.Array, path: str) -> jax.Array:
+    """``key`` folded with a stable 31-bit hash of the module path."""
+    return jax.random.fold_in(key, zlib.crc32(path.encode()) & 0x7FFFFFFF)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    rule: Rule
+    dims: Any
+    lhs_axis: int
+    rhs_axis: int
+    has_key: bool
+
+
+def _dot(cfg: _Cfg, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    cd = jnp.dtype(cfg.rule.compute_dtype)
+    return lax.dot_general(lhs.astype(cd), rhs.astype(cd), cfg.dims,
+                           preferred_element_type=jnp.float32)
+
+
+def _fq(x, spec, axis, rounding, kd, slot, has_key, estimator="ste"):
+    """fake_quant with the rule's rounding; nearest when no key was given."""
+    stochastic = rounding == "stochastic" and has_key
+    return fake_quant(x, spec, axis=axis, rounding="stochastic" if stochastic else "nearest",
+                      key=kd[slot] if stochastic else None, estimator=estimator)
+
+
+def _quant_operand(cfg: _Cfg, x, spec, axis, kd, slot):
+    """(fake-quantized x, its estimator VJP) or (x, None) when spec is None."""
+    if spec is None:
+        return x, None
+    r = cfg.rule
+    return jax.vjp(lambda a: _fq(a, spec, axis, r.fwd_rounding, kd, slot, cfg.has_key,
+                                 r.estimator), x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _qdot(cfg: _Cfg, lhs, rhs, kd):
+    return _qdot_fwd(cfg, lhs, rhs, kd)[0]
+
+
+def _qdot_fwd(cfg: _Cfg, lhs, rhs, kd):
+    r = cfg.rule
+    lq, lvjp = _quant_operand(cfg, lhs, r.act, cfg.lhs_axis, kd, 0)
+    rq, rvjp = _quant_operand(cfg, rhs, r.weight, cfg.rhs_axis, kd, 1)
+    y = _dot(cfg, lq, rq)
+    lhs_for_dw = lhs if r.wgrad_act == "original" else lq
+    return y, (lhs_for_dw, rq, lvjp, rvjp, kd)
+
+
+def _qdot_bwd(cfg: _Cfg, res, g):
+    lhs_w, rq, lvjp, rvjp, kd = res
+    r = cfg.rule
+    if r.grad is not None:
+        g = _fq(g, r.grad, -1, r.grad_rounding, kd, 2, cfg.has_key)
+    _, dot_vjp = jax.vjp(functools.partial(_dot, cfg), lhs_w, rq)
+    dl, dr = dot_vjp(g)
+    if lvjp is not None:
+        (dl,) = lvjp(dl)
+    if rvjp is not None:
+        (dr,) = rvjp(dr)
+    if r.grad_lhs is not None:
+        dl = _fq(dl, r.grad_lhs, cfg.lhs_axis, r.grad_rounding, kd, 3, cfg.has_key)
+    if r.grad_rhs is not None:
+        dr = _fq(dr, r.grad_rhs, cfg.rhs_axis, r.grad_rounding, kd, 4, cfg.has_key)
+    return dl, dr, None
+
+
+_qdot.defvjp(_qdot_fwd, _qdot_bwd)
+
+
+def _single_axis(axes: tuple[int, ...], ndim: int, name: str, path: str) -> int:
+    if len(axes) != 1:
+        raise ValueError(f"{path or 'qdot'}: a quantized dot needs exactly one contraction axis "
+                         f"on the {name} operand, got {tuple(axes)}")
+    return int(axes[0]) % ndim
+
+
+def qdot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers, rule: Rule, *,
+         key: jax.Array | None = None, path: str = "") -> jax.Array:
+    """``lax.dot_general(lhs, rhs, dimension_numbers)`` computed as ``rule`` says; float32 out.
+
+    Args:
+      lhs: the activation operand (q or the attention probabilities in attention products).
+      rhs: the weight operand (k or v in attention products).
+      dimension_numbers: as `jax.lax.dot_general`; quantized rules need one contraction axis
+        per operand.
+      rule: the `Rule` chosen for this module path.
+      key: the per-call `jax.random` key (stochastic rounding); None rounds to nearest.
+      path: the module path, folded into ``key`` so that every layer draws different bits.
+    """
+    if not rule.quantized:
+        cd = jnp.dtype(rule.compute_dtype)
+        return lax.dot_general(lhs.astype(cd), rhs.astype(cd), dimension_numbers,
+                               preferred_element_type=jnp.float32)
+    (lc, rc), _ = dimension_numbers
+    cfg = _Cfg(rule, _freeze(dimension_numbers), _single_axis(lc, lhs.ndim, "lhs", path),
+               _single_axis(rc, rhs.ndim, "rhs", path), key is not None)
+    needs_key = "stochastic" in (rule.fwd_rounding, rule.grad_rounding)
+    if key is None:
+        if needs_key and path not in _warned:
+            _warned.add(path)
+            warnings.warn(f"{path or 'qdot'}: the rule asks for stochastic rounding but the model "
+                          "was called without key=...; rounding to nearest instead", stacklevel=2)
+        kd = jnp.zeros((_SLOTS, 2), jnp.uint32)
+    else:
+        kd = jnp.stack([slot_key(key, path, s) for s in range(_SLOTS)])
+    return _qdot(cfg, lhs, rhs, kd)
+
+
+def slot_key(key: jax.Array, path: str, slot: int) -> jax.Array:
+    """The uint32 key data `qdot` uses for ``slot`` (0 lhs, 1 rhs, 2 g, 3 dX, 4 dW) of ``path``.
+
+    Lets tests and tools reproduce the exact stochastic-rounding bits of a layer.
+    """
+    k = jax.random.fold_in(path_key(key, path), slot)
+    return jax.random.key_data(_as_typed(k)).reshape(-1)[:2].astype(jnp.uint32)
+
+
+def _as_typed(k: jax.Array) -> jax.Array:
+    return k if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(k)
+
+
+def _freeze(dims: DimensionNumbers):
+    (lc, rc), (lb, rb) = dims
+    return ((tuple(lc), tuple(rc)), (tuple(lb), tuple(rb)))
+
+
+def make_dot_general(rule: Rule, *, key: jax.Array | None = None, path: str = ""):
+    """A `jax.lax.dot_general`-compatible callable bound to ``rule`` (for injection elsewhere)."""
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        del precision
+        y = qdot(lhs, rhs, dimension_numbers, rule, key=key, path=path)
+        return y if preferred_element_type is None else y.astype(preferred_element_type)
+    return dot_general
