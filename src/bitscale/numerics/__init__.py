@@ -17,7 +17,7 @@ from bitscale.numerics.formats import (
     TernaryFormat,
     element_format,
 )
-from bitscale.numerics.quantize import QArray, dequantize, quantize
+from bitscale.numerics.qarray import QArray, dequantize, quantize
 from bitscale.numerics.specs import NAMED_SPECS, QuantSpec, resolve_spec, valid_names
 from bitscale.numerics.transforms import hadamard_matrix, hadamard_transform, random_signs
 

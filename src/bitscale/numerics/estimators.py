@@ -22,7 +22,7 @@ import numpy as np
 
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
-from bitscale.numerics import quantize as Q
+from bitscale.numerics import qarray as Q
 from bitscale.numerics.formats import IntFormat
 from bitscale.numerics.specs import QuantSpec, Spec, resolve_spec
 

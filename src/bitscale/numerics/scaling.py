@@ -198,6 +198,7 @@ def float_scales(xg: jax.Array, amax: jax.Array, spec: QuantSpec,
         scale = B.exact_div(hi - lo, float(fmt_span(fmt)))
         scale = cast_scale(jnp.maximum(scale, jnp.float32(F32_SMALLEST_NORMAL)), spec)
         zp = jnp.clip(asym_qmin(fmt) - jnp.round(B.exact_div(lo, scale)), asym_qmin(fmt), asym_qmax(fmt))
+        zp = jnp.where(jnp.isnan(scale), 0, zp)  # NaN groups: a defined zero point
         return FloatScales(1.0 / scale, scale, zp.astype(I32))
     ratio = B.exact_div(amax, elem_range(spec))
     if s_t is not None:

@@ -223,8 +223,13 @@ class _Scales(NamedTuple):
     tensor_scale: jax.Array | None
 
 
-def _scaled(xg, spec: QuantSpec, rand, want_codes: bool, want: str | None):
-    """Fake-quantizes [rows, groups, size] float32 groups; returns (_Out, _Scales)."""
+def _scaled(xg, spec: QuantSpec, rand, want_codes: bool, want: str | None,
+            tensor_amax: jax.Array | None = None):
+    """Fake-quantizes [rows, groups, size] float32 groups; returns (_Out, _Scales).
+
+    ``tensor_amax`` (two-level specs) overrides the tensor amax taken over ``xg``: a kernel that
+    sees one tile passes the whole tensor's amax.
+    """
     if spec.elem.name in ("ternary", "binary"):
         sc = S.absmean_scales(xg, spec)
         out = _float_scaled_groups(xg, spec, rand, sc, want_codes, want)
@@ -245,11 +250,14 @@ def _scaled(xg, spec: QuantSpec, rand, want_codes: bool, want: str | None):
     amax = B.from_bits(amax_b)
     s_t = None
     if spec.tensor_scale:
-        s_t = S.tensor_scale(jnp.max(amax), spec)
+        s_t = S.tensor_scale(jnp.max(amax) if tensor_amax is None else tensor_amax, spec)
     lo_hi = None
     if isinstance(spec.elem, IntFormat) and spec.int_range == "asymmetric":
-        lo_hi = (jnp.minimum(jnp.min(xg, axis=-1, keepdims=True), 0.0),
-                 jnp.maximum(jnp.max(xg, axis=-1, keepdims=True), 0.0))
+        # NaN groups get NaN bounds explicitly: XLA's min/max reductions may drop NaN.
+        nan_g = B.is_nan_bits(amax_b)
+        lo_hi = tuple(jnp.where(nan_g, jnp.float32(jnp.nan), v) for v in (
+            jnp.minimum(jnp.min(xg, axis=-1, keepdims=True), 0.0),
+            jnp.maximum(jnp.max(xg, axis=-1, keepdims=True), 0.0)))
     if spec.clip == "mse":
         def qdq(amax_c):
             lh = None if lo_hi is None else tuple(v * (amax_c / jnp.maximum(amax, 1e-30))
@@ -325,7 +333,7 @@ def quantize(x: jax.Array, spec: "str | Spec", *, axis: int = -1, rounding: Roun
                      sc.tensor_scale)
     nbits = elem_bits(spec)
     container = jnp.uint16 if nbits > 8 else jnp.uint8
-    packed = packing.pack_codes(codes.astype(container), nbits)
+    packed = packing.pack_codes(codes.astype(container).reshape(codes.shape or (1,)), nbits)
     return QArray(packed, sc.scales, sc.zero_point, sc.tensor_scale, spec, tuple(x.shape),
                   jnp.dtype(x.dtype), axis)
 
