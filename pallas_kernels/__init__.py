@@ -1,0 +1,9 @@
+"""Pallas GPU/TPU kernels for bitscale, each bit-identical to its jnp reference.
+
+Every entry point takes ``implementation="auto" | "pallas" | "xla"`` and ``interpret``.
+"""
+
+from pallas_kernels.common import IMPLEMENTATIONS, use_pallas
+from pallas_kernels.quantize import QuantizeConfig, fake_quant, quantize
+
+__all__ = ["IMPLEMENTATIONS", "QuantizeConfig", "fake_quant", "quantize", "use_pallas"]

@@ -1,0 +1,46 @@
+"""Dispatch between the Pallas kernels and their XLA (pure jnp) references.
+
+``implementation="auto"`` picks Pallas on GPU and TPU and XLA on CPU; ``"pallas"`` forces the kernel
+(on CPU only with ``interpret=True``, which runs the kernel body through the Pallas interpreter);
+``"xla"`` runs the jnp reference from `bitscale.numerics`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+
+Implementation = Literal["auto", "pallas", "xla"]
+IMPLEMENTATIONS = ("auto", "pallas", "xla")
+PALLAS_BACKENDS = ("gpu", "tpu")
+
+
+def backend() -> str:
+    return jax.default_backend()
+
+
+def use_pallas(implementation: str, interpret: bool, op: str) -> bool:
+    """Resolves ``implementation`` to True (run the Pallas kernel) or False (run XLA).
+
+    Raises ValueError for an unknown choice, and for ``"pallas"`` on a backend without a Pallas
+    lowering unless ``interpret=True``.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "xla":
+        return False
+    if interpret:
+        return True
+    supported = backend() in PALLAS_BACKENDS
+    if implementation == "pallas" and not supported:
+        raise ValueError(
+            f"{op}: implementation='pallas' needs a GPU or TPU backend, but JAX's default backend is "
+            f"{backend()!r}; pass interpret=True to run the kernel in the Pallas interpreter, or "
+            "implementation='xla' (or 'auto') for the jnp reference")
+    return supported
+
+
+def check_positive_multiple(name: str, value: int, multiple: int, what: str) -> None:
+    if not isinstance(value, int) or value < 1 or value % multiple:
+        raise ValueError(f"{name}={value!r} must be a positive multiple of {multiple} ({what})")
