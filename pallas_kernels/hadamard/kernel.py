@@ -1,0 +1,59 @@
+"""Block Hadamard rotation kernel, alone or fused with fake quantization (one pass).
+
+A tile ``[block_other, block_axis]`` of the ``[rows, A]`` view (rotation axis last) is split into
+Hadamard blocks and multiplied by M = H diag(s) (or its transpose) exactly as the jnp reference
+`bitscale.hadamard_transform` does, then optionally fake-quantized in the same pass with the
+numerics core (stochastic bits from the flat index, as `bitscale.fake_quant` draws them).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from bitscale.numerics import bits as B
+from pallas_kernels.quantize.kernel import _quantize_tile
+
+U32 = B.U32
+
+
+def _kernel(*refs, hblock, a_len, tile, spec, stochastic):
+    it = iter(refs)
+    x_ref, m_ref = next(it), next(it)
+    key_ref = next(it) if stochastic else None
+    (o_ref,) = tuple(it)
+    x = x_ref[...].astype(jnp.float32)
+    rows, n = x.shape
+    blocks = x.reshape(rows, n // hblock, hblock)
+    y = jnp.einsum("...j,ij->...i", blocks, m_ref[...], precision=jax.lax.Precision.HIGHEST)
+    y = y.reshape(rows, n)
+    if spec is not None:
+        i, j = pl.program_id(0), pl.program_id(1)
+        r = i.astype(U32) * U32(tile[0]) + jax.lax.broadcasted_iota(U32, y.shape, 0)
+        c = j.astype(U32) * U32(tile[1]) + jax.lax.broadcasted_iota(U32, y.shape, 1)
+        rand = None
+        if key_ref is not None:
+            rand = B.hash_counter(r * U32(a_len) + c, key_ref[0, 0], key_ref[0, 1])
+        y = _quantize_tile(y, c < U32(a_len), rand, spec, False, None)[0]
+    o_ref[...] = y.astype(o_ref.dtype)
+
+
+def hadamard_pallas(x2d: jax.Array, m: jax.Array, hblock: int, spec, rounding_key,
+                    tile: tuple[int, int], out_dtype, interpret: bool) -> jax.Array:
+    """Rotates (and optionally fake-quantizes) a [rows, A] array along its last axis."""
+    rows, a_len = x2d.shape
+    grid = (pl.cdiv(rows, tile[0]), pl.cdiv(a_len, tile[1]))
+    inputs = [x2d, m]
+    in_specs = [pl.BlockSpec(tile, lambda i, j: (i, j)),
+                pl.BlockSpec(m.shape, lambda i, j: (0, 0))]
+    if rounding_key is not None:
+        k0, k1 = B.key_words(rounding_key)
+        inputs.append(jnp.stack([k0, k1]).reshape(1, 2))
+        in_specs.append(pl.BlockSpec((1, 2), lambda i, j: (0, 0)))
+    kernel = functools.partial(_kernel, hblock=hblock, a_len=a_len, tile=tile, spec=spec,
+                               stochastic=rounding_key is not None)
+    return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(x2d.shape, out_dtype), grid=grid,
+                          in_specs=in_specs, out_specs=in_specs[0], interpret=interpret)(*inputs)
