@@ -20,6 +20,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/quantize_bench.py
+	$(PY) benchmarks/kernels_bench.py
+	$(PY) benchmarks/kernels_bench_matmul.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

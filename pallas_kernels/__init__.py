@@ -6,7 +6,10 @@ README.md beside this file.
 
 from pallas_kernels.common import IMPLEMENTATIONS, use_pallas
 from pallas_kernels.hadamard import hadamard_fake_quant, hadamard_transform
+from pallas_kernels.packed_matmul import PackedMatmulConfig, packed_matmul
+from pallas_kernels.qmatmul import QMatmulConfig, qmatmul
 from pallas_kernels.quantize import QuantizeConfig, fake_quant, quantize
 
-__all__ = ["IMPLEMENTATIONS", "QuantizeConfig", "fake_quant", "hadamard_fake_quant",
-           "hadamard_transform", "quantize", "use_pallas"]
+__all__ = ["IMPLEMENTATIONS", "PackedMatmulConfig", "QMatmulConfig", "QuantizeConfig",
+           "fake_quant", "hadamard_fake_quant", "hadamard_transform", "packed_matmul", "qmatmul",
+           "quantize", "use_pallas"]

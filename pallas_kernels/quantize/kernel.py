@@ -41,13 +41,13 @@ def _quantize_tile(xf, valid, rand, spec, want_codes, tensor_amax):
     """
     xf = jnp.where(valid, xf, jnp.float32(0))
     if not isinstance(spec, QuantSpec):
-        out = Q._cast(xf, spec, rand, want_codes, None)
+        out = Q.quantize_elements(xf, spec, rand, want_codes, None)
         return out.y, out.codes, None, None
     rows, n = xf.shape
     size = n if spec.granularity == "channel" else spec.block_size
     xg = xf.reshape(rows, n // size, size)
     rg = None if rand is None else rand.reshape(xg.shape)
-    out, sc = Q._scaled(xg, spec, rg, want_codes, None, tensor_amax)
+    out, sc = Q.quantize_groups(xg, spec, rg, want_codes, None, tensor_amax)
     codes = None if out.codes is None else out.codes.reshape(rows, n)
     zp = None if sc.zero_point is None else sc.zero_point.reshape(rows, n // size)
     return out.y.reshape(rows, n), codes, sc.scales.reshape(rows, n // size), zp
@@ -198,4 +198,6 @@ def quantize_pallas(x: jax.Array, spec, axis: int, rounding: str, key, want_code
 
 
 def _scale_dtype(spec: QuantSpec):
-    return jnp.float32 if spec.scale_format is None else jnp.uint8
+    if spec.scale_format is None:
+        return jnp.float32
+    return jnp.uint16 if spec.scale_format.storage_bits > 8 else jnp.uint8

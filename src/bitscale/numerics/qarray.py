@@ -20,7 +20,7 @@ from bitscale.numerics import packing
 from bitscale.numerics import scaling as S
 from bitscale.numerics.formats import (
     BinaryFormat, E8M0Format, FloatFormat, IntFormat, TernaryFormat)
-from bitscale.numerics.specs import QuantSpec, Spec, resolve_spec
+from bitscale.numerics.specs import MSE_CLIP_RATIOS, QuantSpec, Spec, resolve_spec
 
 U32, I32 = B.U32, B.I32
 Rounding = Literal["nearest", "stochastic"]
@@ -122,7 +122,7 @@ class _Out(NamedTuple):
     step: jax.Array | None  # float32 local grid spacing (for the trust estimator)
 
 
-def _cast(x: jax.Array, fmt, rand, want_codes: bool, want: str | None) -> _Out:
+def quantize_elements(x: jax.Array, fmt, rand, want_codes: bool, want: str | None) -> _Out:
     """Unscaled element casts."""
     mag = B.to_bits(x) & U32(B.ABS_MASK)
     if isinstance(fmt, FloatFormat) and not want_codes and want is None:
@@ -223,7 +223,7 @@ class _Scales(NamedTuple):
     tensor_scale: jax.Array | None
 
 
-def _scaled(xg, spec: QuantSpec, rand, want_codes: bool, want: str | None,
+def quantize_groups(xg, spec: QuantSpec, rand, want_codes: bool, want: str | None,
             tensor_amax: jax.Array | None = None):
     """Fake-quantizes [rows, groups, size] float32 groups; returns (_Out, _Scales).
 
@@ -273,13 +273,13 @@ def _scaled(xg, spec: QuantSpec, rand, want_codes: bool, want: str | None,
     if spec.scale_format is None:
         stored = sc.dec
     else:
-        stored = E.encode_float(E.round_float(sc.block_scale, spec.scale_format),
-                                spec.scale_format).astype(jnp.uint8)
+        sf = spec.scale_format
+        stored = E.encode_float(E.round_float(sc.block_scale, sf), sf).astype(
+            jnp.uint16 if sf.storage_bits > 8 else jnp.uint8)
     return out, _Scales(stored, sc.zero_point, s_t)
 
 
 def _mse_ratios():
-    from bitscale.numerics.specs import MSE_CLIP_RATIOS
     return MSE_CLIP_RATIOS
 
 
@@ -292,12 +292,12 @@ def fake_quant_core(x: jax.Array, spec: Spec, axis: int, rand: jax.Array | None,
     """
     xf = x.astype(jnp.float32)
     if not isinstance(spec, QuantSpec):
-        out = _cast(xf, spec, rand, False, want)
+        out = quantize_elements(xf, spec, rand, False, want)
         aux = {"clipped": out.clipped, "step": out.step}.get(want) if want else None
         return out.y.astype(x.dtype), aux
     g = S.grouping(x.shape, spec, axis)
     rg = None if rand is None else g.to_groups(rand)
-    out, _ = _scaled(g.to_groups(xf), spec, rg, False, want)
+    out, _ = quantize_groups(g.to_groups(xf), spec, rg, False, want)
     y = g.from_groups(out.y).astype(x.dtype)
     aux = {"clipped": out.clipped, "step": out.step}.get(want) if want else None
     return y, (None if aux is None else g.from_groups(aux))
@@ -321,12 +321,12 @@ def quantize(x: jax.Array, spec: "str | Spec", *, axis: int = -1, rounding: Roun
     rand = random_bits_for(x, rounding, key)
     xf = x.astype(jnp.float32)
     if not isinstance(spec, QuantSpec):
-        out = _cast(xf, spec, rand, True, None)
+        out = quantize_elements(xf, spec, rand, True, None)
         codes, sc = out.codes, _Scales(None, None, None)
     else:
         g = S.grouping(x.shape, spec, axis)
         rg = None if rand is None else g.to_groups(rand)
-        out, sc = _scaled(g.to_groups(xf), spec, rg, True, None)
+        out, sc = quantize_groups(g.to_groups(xf), spec, rg, True, None)
         codes = g.from_groups(out.codes)
         sc = _Scales(None if sc.scales is None else g.scales_out(sc.scales),
                      None if sc.zero_point is None else g.scales_out(sc.zero_point),
