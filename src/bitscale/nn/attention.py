@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitscale.numerics.estimators import fake_quant
+from bitscale.numerics import fake_quant
 from bitscale.nn.config import ModelConfig
-from bitscale.nn.layers import Linear
+from bitscale.nn.layers import Linear, key_path
 from bitscale.nn.policy import Policy
 from bitscale.nn.qdot import qdot
 from bitscale.nn.rope import apply_rope
@@ -38,17 +38,17 @@ MASK_VALUE = -1e30
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    """Decoding state: per-layer keys and values, which slots hold real tokens, the next slot.
+    """Decoding state: keys and values of every layer, which slots hold real tokens, next slot.
 
     Attributes:
-      k, v: one [batch, max_len, kv_heads, head_dim] array per layer.
+      k, v: [layers, batch, max_len, kv_heads, head_dim].
       valid: [batch, max_len] bool, True where a slot holds a non-padding token.
       index: int32 scalar, the next slot to write (shared by the batch; rows of different
         lengths are left-padded).
     """
 
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
+    k: jax.Array
+    v: jax.Array
     valid: jax.Array
     index: jax.Array
 
@@ -59,9 +59,8 @@ class KVCache:
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype="float32") -> KVCache:
     """An empty cache for ``batch`` rows of up to ``max_len`` tokens (prompt included)."""
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
-    return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                    jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 
@@ -75,15 +74,15 @@ class Attention(nnx.Module):
         std, act = cfg.initializer_range, policy.act_dtype
         kw = dict(param_dtype=param_dtype, out_dtype=act, std=std, rngs=rngs)
         self.q_proj = Linear(h, nh * d, rule=policy.rule_for(f"{p}.q_proj"), path=f"{p}.q_proj",
-                             axes=("embed", "heads"), bias=cfg.qkv_bias, **kw)
+                             axes=("heads", "embed"), bias=cfg.qkv_bias, **kw)
         self.k_proj = Linear(h, nkv * d, rule=policy.rule_for(f"{p}.k_proj"),
-                             path=f"{p}.k_proj", axes=("embed", "kv_heads"), bias=cfg.qkv_bias,
+                             path=f"{p}.k_proj", axes=("kv_heads", "embed"), bias=cfg.qkv_bias,
                              **kw)
         self.v_proj = Linear(h, nkv * d, rule=policy.rule_for(f"{p}.v_proj"),
-                             path=f"{p}.v_proj", axes=("embed", "kv_heads"), bias=cfg.qkv_bias,
+                             path=f"{p}.v_proj", axes=("kv_heads", "embed"), bias=cfg.qkv_bias,
                              **kw)
         self.o_proj = Linear(nh * d, h, rule=policy.rule_for(f"{p}.o_proj"), path=f"{p}.o_proj",
-                             axes=("heads", "embed"), bias=cfg.o_bias, **kw)
+                             axes=("embed", "heads"), bias=cfg.o_bias, **kw)
         self.qk_rule = policy.rule_for(f"{p}.qk")
         self.pv_rule = policy.rule_for(f"{p}.pv")
         self.cache_rule = policy.rule_for(f"{p}.kv_cache")
@@ -106,9 +105,11 @@ class Attention(nnx.Module):
           cos, sin: float32 rope tables [batch, length, head_dim] at the tokens' positions.
           mask: bool [batch, length, keys]: True where a query may attend to a key slot.
           kv: this layer's cached (k, v) [batch, max_len, kv_heads, head_dim]; the new keys and
-            values are written at slot ``index``. None: attend within x only.
+            values are placed at slot ``index``. None: attend within x only.
+          key: the layer's key for stochastic rounding.
         Returns:
-          (output [batch, length, embed], updated (k, v) or None).
+          (output [batch, length, embed], (k, v) of the new tokens [batch, length, kv_heads,
+          head_dim], rotated and in the cache's dtype, for the caller to store).
         """
         b, t, _ = x.shape
         nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
@@ -119,25 +120,26 @@ class Attention(nnx.Module):
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"), self.rules)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = self._cacheable(k), self._cacheable(v)
-        new_kv = None
+        if kv is not None:
+            k, v = k.astype(kv[0].dtype), v.astype(kv[1].dtype)
+        new_kv = (k, v)
         if kv is not None:
             zero = jnp.zeros((), jnp.int32)
             start = (zero, index.astype(jnp.int32), zero, zero)
-            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
-            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
-            new_kv = (k, v)
+            k = jax.lax.dynamic_update_slice(kv[0], k, start)
+            v = jax.lax.dynamic_update_slice(kv[1], v, start)
         s = k.shape[1]
         # [b, t, nkv, g, d] -> [b, nkv, g*t, d]; head h = kv_head * g + r (transformers' repeat_kv)
         qg = q.reshape(b, t, nkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, nkv, g * t, d)
         kt = k.transpose(0, 2, 1, 3)
         vt = v.transpose(0, 2, 1, 3)
         scores = qdot(qg, kt, (((3,), (3,)), ((0, 1), (0, 1))), self.qk_rule, key=key,
-                      path=f"{self.path}.qk")
+                      path=key_path(f"{self.path}.qk"))
         scores = scores.reshape(b, nkv, g, t, s) * jnp.float32(d ** -0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.float32(MASK_VALUE))
         probs = jax.nn.softmax(scores, axis=-1).astype(self.act_dtype)
         out = qdot(probs.reshape(b, nkv, g * t, s), vt, (((3,), (2,)), ((0, 1), (0, 1))),
-                   self.pv_rule, key=key, path=f"{self.path}.pv")
+                   self.pv_rule, key=key, path=key_path(f"{self.path}.pv"))
         out = out.reshape(b, nkv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, nh * d)
         out = constrain(out.astype(self.act_dtype), ("act_batch", "act_length", "act_heads"),
                         self.rules)

@@ -78,6 +78,10 @@ class ModelConfig:
       layer_types: per-layer ``full_attention`` / ``sliding_attention``; None means every layer
         slides when ``sliding_window`` is set (Mistral).
       logical_axis_rules: logical axis -> mesh axes (`bitscale.nn.sharding`).
+      scan_layers: run the decoder layers with `jax.lax.scan` (one compiled layer body; the
+        per-layer weights are stacked inside the step) instead of a Python loop (whose compile
+        time grows with depth). None: scan from 4 layers on. Scanning needs every layer to have
+        the same rules and attention window; otherwise the loop is used.
     """
 
     vocab_size: int
@@ -103,6 +107,7 @@ class ModelConfig:
     eos_token_id: Optional[int] = None
     pad_token_id: Optional[int] = None
     logical_axis_rules: tuple[tuple[str, Any], ...] = DEFAULT_AXIS_RULES
+    scan_layers: Optional[bool] = None
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -171,6 +176,10 @@ class ModelConfig:
         layer_types = d.get("layer_types")
         if mt == "qwen2" and not d.get("use_sliding_window", False):
             window, layer_types = None, None
+        if mt == "qwen2" and window is not None and not layer_types:
+            first = d.get("max_window_layers", 0)
+            layer_types = ["sliding_attention" if i >= first else "full_attention"
+                           for i in range(d["num_hidden_layers"])]
         if mt == "llama":
             window, layer_types = None, None
         if window is None:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bitscale.numerics.quantize import QArray
+from bitscale.numerics import QArray
 from bitscale.nn.config import ModelConfig
 from bitscale.nn.llama import Llama
 from bitscale.nn.policy import Policy, resolve_policy
@@ -36,14 +36,17 @@ _LAYER = {"input_norm": "input_layernorm", "post_attn_norm": "post_attention_lay
 
 
 def hf_name(path: tuple) -> tuple[str, bool]:
-    """(transformers tensor name, transposed?) of a bitscale parameter path."""
+    """(transformers tensor name, transposed?) of a bitscale parameter path.
+
+    bitscale stores kernels [out, in] like transformers, so nothing is transposed today; the flag
+    stays for layouts that differ."""
     p = [str(k) for k in path]
     if p == ["embed", "embedding"]:
         return "model.embed_tokens.weight", False
     if p == ["norm", "scale"]:
         return "model.norm.weight", False
     if p == ["lm_head", "kernel"]:
-        return "lm_head.weight", True
+        return "lm_head.weight", False
     if p == ["lm_head", "bias"]:
         return "lm_head.bias", False
     if p[0] == "layers" and len(p) >= 4:
@@ -52,7 +55,7 @@ def hf_name(path: tuple) -> tuple[str, bool]:
             return f"model.layers.{i}.{block}.weight", False
         if block in ("self_attn", "mlp") and len(p) == 5:
             leaf = {"kernel": "weight", "bias": "bias"}[p[4]]
-            return f"model.layers.{i}.{block}.{p[3]}.{leaf}", p[4] == "kernel"
+            return f"model.layers.{i}.{block}.{p[3]}.{leaf}", False
     raise KeyError(f"no Hugging Face name for parameter {'.'.join(p)}")
 
 
@@ -144,10 +147,10 @@ def from_hf(path: str, policy: "str | Policy" = "fp32", dtype=None, **config_ove
     if extra:
         raise ValueError(f"checkpoint {path} has unexpected tensor(s) {sorted(extra)} for a "
                          f"{cfg.arch} model with {cfg.num_layers} layers")
-    for name, (var, transposed, want) in expected.items():
-        got = ckpt.shape(name)
-        if got != want:
-            raise ValueError(f"tensor {name!r} has shape {got} but config.json implies {want}")
+    bad = [f"tensor {name!r} has shape {ckpt.shape(name)} but config.json implies {want}"
+           for name, (_, _, want) in sorted(expected.items()) if ckpt.shape(name) != want]
+    if bad:
+        raise ValueError(f"checkpoint {path}: " + "; ".join(bad))
     for name, (var, transposed, _) in expected.items():
         a = np.asarray(ckpt.get(name))
         a = a.T if transposed else a
@@ -168,7 +171,7 @@ def to_hf(model: Llama, path: str, *, dtype=None, max_shard_bytes: Optional[int]
     os.makedirs(path, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
     dtypes = set()
-    for p, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    for p, var in nnx.to_flat_state(nnx.state(model)):
         value = var.get_value()
         if isinstance(value, QArray):
             raise ValueError(f"parameter {'.'.join(map(str, p))} is a packed QArray; to_hf "

@@ -1,7 +1,9 @@
 """Flax NNX layers whose matmuls go through the policy's quantized `dot_general`.
 
-Kernels are stored ``[in, out]`` (Hugging Face stores ``[out, in]``; `bitscale.nn.hf`
-transposes). Every parameter carries ``logical_axes`` metadata for `bitscale.nn.sharding`.
+Kernels are stored ``[out, in]`` as in PyTorch / Hugging Face, so that the contraction axis is
+the last axis of both operands: block quantization along the reduction dimension then runs on
+contiguous memory (XLA's fake-quant of a transposed layout is several times slower on CPU).
+Every parameter carries ``logical_axes`` metadata for `bitscale.nn.sharding`.
 
 References:
   Zhang & Sennrich, "Root Mean Square Layer Normalization", arXiv:1910.07467.
@@ -10,13 +12,14 @@ References:
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitscale.numerics.quantize import QArray
+from bitscale.numerics import QArray
 from bitscale.nn.packed import packed_matmul
 from bitscale.nn.policy import Rule
 from bitscale.nn.qdot import qdot
@@ -26,18 +29,28 @@ class PackedWeight(nnx.Variable):
     """A post-training-quantized kernel: its value is a `QArray` (not trained)."""
 
 
+def key_path(path: str) -> str:
+    """The path `qdot` hashes into the key: the layer index is dropped (``layers.3.mlp.up_proj``
+    -> ``layers.mlp.up_proj``) because the model folds the index into each layer's key, so that
+    the looped and the scanned layer stacks draw the same random bits."""
+    return re.sub(r"^layers\.\d+\.", "layers.", path)
+
+
 def _init(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:
     return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
 
 
 class Linear(nnx.Module):
-    """``y = x @ W (+ b)`` through `qdot` with this layer's `Rule`; output in ``out_dtype``."""
+    """``y = x @ W^T (+ b)``, W [out, in], through `qdot` with this layer's `Rule`.
+
+    ``axes`` are the logical names of (out, in); the output is cast to ``out_dtype``.
+    """
 
     def __init__(self, d_in: int, d_out: int, *, rule: Rule, path: str, axes: tuple[str, str],
                  bias: bool = False, param_dtype="float32", out_dtype="float32",
                  std: float = 0.02, rngs: nnx.Rngs):
-        self.kernel = nnx.Param(_init(rngs, (d_in, d_out), std, param_dtype), logical_axes=axes)
-        self.bias = (nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=axes[1:])
+        self.kernel = nnx.Param(_init(rngs, (d_out, d_in), std, param_dtype), logical_axes=axes)
+        self.bias = (nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=axes[:1])
                      if bias else None)
         self.rule = rule
         self.path = path
@@ -50,7 +63,8 @@ class Linear(nnx.Module):
             y = packed_matmul(x, w, compute_dtype=self.rule.compute_dtype,
                               implementation=self.implementation)
         else:
-            y = qdot(x, w, (((x.ndim - 1,), (0,)), ((), ())), self.rule, key=key, path=self.path)
+            y = qdot(x, w, (((x.ndim - 1,), (1,)), ((), ())), self.rule, key=key,
+                     path=key_path(self.path))
         if self.bias is not None:
             b = self.bias.get_value().astype(jnp.float32)
             y = y + b.reshape((1,) * (y.ndim - 1) + b.shape)

@@ -49,11 +49,11 @@ class MLP(nnx.Module):
         kw = dict(param_dtype=param_dtype, out_dtype=policy.act_dtype,
                   std=cfg.initializer_range, bias=cfg.mlp_bias, rngs=rngs)
         self.gate_proj = Linear(h, f, rule=policy.rule_for(f"{p}.gate_proj"),
-                                path=f"{p}.gate_proj", axes=("embed", "mlp"), **kw)
+                                path=f"{p}.gate_proj", axes=("mlp", "embed"), **kw)
         self.up_proj = Linear(h, f, rule=policy.rule_for(f"{p}.up_proj"), path=f"{p}.up_proj",
-                              axes=("embed", "mlp"), **kw)
+                              axes=("mlp", "embed"), **kw)
         self.down_proj = Linear(f, h, rule=policy.rule_for(f"{p}.down_proj"),
-                                path=f"{p}.down_proj", axes=("mlp", "embed"), **kw)
+                                path=f"{p}.down_proj", axes=("embed", "mlp"), **kw)
         self.act_dtype = policy.act_dtype
         self.rules = cfg.logical_axis_rules
 
@@ -78,10 +78,17 @@ class DecoderLayer(nnx.Module):
         self.window = cfg.window(layer)
 
     def __call__(self, x, cos, sin, masks, *, kv=None, index=None, key=None):
+        """Returns (y, (k, v) of the new tokens)."""
         mask = masks[1] if self.window is not None else masks[0]
         a, new_kv = self.attn(self.input_norm(x), cos, sin, mask, kv=kv, index=index, key=key)
         h = x + a
         return h + self.mlp(self.post_attn_norm(h), key=key), new_kv
+
+
+def _layer_signature(cfg: ModelConfig, policy: Policy, i: int) -> tuple:
+    rules = tuple(policy.rule_for(f"layers.{i}.attn.{n}") for n in _ATTN)
+    rules += tuple(policy.rule_for(f"layers.{i}.mlp.{n}") for n in _MLP)
+    return rules + (cfg.window(i),)
 
 
 class Llama(nnx.Module):
@@ -94,6 +101,9 @@ class Llama(nnx.Module):
         (`module_paths`); a strict policy raises otherwise.
       param_dtype: storage dtype of the parameters (default: the policy's).
       rngs: initializers' randomness (weights ~ N(0, initializer_range), as transformers).
+
+    Stochastic rounding: layer ``i`` uses ``fold_in(key, i)``, and each matmul folds in a hash of
+    its module path without the layer index (`bitscale.nn.layers.key_path`).
     """
 
     def __init__(self, cfg: ModelConfig, policy: "str | Policy" = "fp32", *,
@@ -113,8 +123,11 @@ class Llama(nnx.Module):
                             out_dtype=policy.act_dtype)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(
             cfg.hidden_size, cfg.vocab_size, rule=policy.rule_for("lm_head"), path="lm_head",
-            axes=("embed", "vocab"), param_dtype=pd, out_dtype="float32",
+            axes=("vocab", "embed"), param_dtype=pd, out_dtype="float32",
             std=cfg.initializer_range, rngs=rngs)
+        sigs = {_layer_signature(cfg, policy, i) for i in range(cfg.num_layers)}
+        want = cfg.scan_layers if cfg.scan_layers is not None else cfg.num_layers >= 4
+        self.scan = bool(want and len(sigs) == 1 and cfg.num_layers > 1)
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty `KVCache` in the policy's activation dtype."""
@@ -166,15 +179,9 @@ class Llama(nnx.Module):
         windowed = (make_mask(q_slots, k_valid, positions, cfg.sliding_window)
                     if cfg.sliding_window is not None else full)
         x = self.embed(tokens)
-        x = constrain(x, ("act_batch", "act_length", "act_embed"), cfg.logical_axis_rules)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.layers):
-            kv = (cache.k[i], cache.v[i]) if cache is not None else None
-            x, nkv = layer(x, cos, sin, (full, windowed), kv=kv, index=index, key=key)
-            x = constrain(x, ("act_batch", "act_length", "act_embed"), cfg.logical_axis_rules)
-            if nkv is not None:
-                new_k.append(nkv[0])
-                new_v.append(nkv[1])
+        x = self._act(x)
+        run = self._scanned if self.scan else self._looped
+        x, ck, cv = run(x, cos, sin, (full, windowed), cache, index, key)
         x = self.norm(x)
         if self.lm_head is not None:
             logits = self.lm_head(x, key=key)
@@ -184,8 +191,49 @@ class Llama(nnx.Module):
                            cfg.logical_axis_rules)
         if cache is None:
             return logits
-        return logits, KVCache(tuple(new_k), tuple(new_v), k_valid, index + t)
+        return logits, KVCache(ck, cv, k_valid, index + t)
 
+    def _act(self, x):
+        return constrain(x, ("act_batch", "act_length", "act_embed"), self.cfg.logical_axis_rules)
+
+    def _looped(self, x, cos, sin, masks, cache, index, key):
+        ck, cv = (cache.k, cache.v) if cache is not None else (None, None)
+        for i, layer in enumerate(self.layers):
+            kv = (ck[i], cv[i]) if cache is not None else None
+            lkey = None if key is None else jax.random.fold_in(key, i)
+            x, (k, v) = layer(x, cos, sin, masks, kv=kv, index=index, key=lkey)
+            x = self._act(x)
+            if cache is not None:
+                ck, cv = _store(ck, cv, k, v, i, index)
+        return x, ck, cv
+
+    def _scanned(self, x, cos, sin, masks, cache, index, key):
+        graphdef, _ = nnx.split(self.layers[0])
+        stacked = jax.tree.map(lambda *a: jnp.stack(a),
+                               *[nnx.state(layer) for layer in self.layers])
+        carry0 = (x,) if cache is None else (x, cache.k, cache.v)
+
+        def body(carry, xs):
+            state, i = xs
+            layer = nnx.merge(graphdef, state)
+            lkey = None if key is None else jax.random.fold_in(key, i)
+            kv = None if cache is None else (carry[1][i], carry[2][i])
+            y, (k, v) = layer(carry[0], cos, sin, masks, kv=kv, index=index, key=lkey)
+            y = self._act(y)
+            if cache is None:
+                return (y,), None
+            return (y, *_store(carry[1], carry[2], k, v, i, index)), None
+
+        carry, _ = jax.lax.scan(body, carry0, (stacked, jnp.arange(self.cfg.num_layers)))
+        return (carry[0], None, None) if cache is None else carry
+
+
+def _store(ck, cv, k, v, layer, index):
+    """Writes the new tokens' keys / values of ``layer`` at slot ``index`` of the stacked cache."""
+    z = jnp.zeros((), jnp.int32)
+    start = (jnp.asarray(layer, jnp.int32), z, jnp.asarray(index, jnp.int32), z, z)
+    return (jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), start),
+            jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), start))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

@@ -1,15 +1,13 @@
 """Matmul against packed `QArray` weights (post-training quantized inference).
 
-``implementation``: ``"xla"`` dequantizes the codes and runs an XLA dot; ``"pallas"`` calls
-``pallas_kernels.packed_matmul``; ``"auto"`` uses the Pallas kernel when that package provides
-one and XLA otherwise.
+Packed weights are stored ``[K, N] = [in, out]`` and quantized along axis 0 (groups along the
+contraction axis K, codes packed along N): the layout of ``pallas_kernels.packed_matmul``.
+(Float kernels are [out, in]; `bitscale.nn.ptq` transposes when it packs.)
 
-Kernel contract (for ``pallas_kernels.packed_matmul``)::
-
-    packed_matmul(x: Array[..., in], w: QArray[in, out] (axis=0), *,
-                  compute_dtype: jnp.dtype) -> float32 Array[..., out]
-
-and it must equal ``dot(x.astype(cd), dequantize(w).astype(cd))`` accumulated in float32.
+``implementation``: ``"xla"`` dequantizes the codes and runs an XLA dot; ``"auto"`` and
+``"pallas"`` call ``pallas_kernels.packed_matmul`` with the same choice (``auto``: the Pallas kernel
+on GPU/TPU, its jnp reference on CPU) when the ``pallas_kernels`` package is importable, and the
+XLA path otherwise (``pallas`` then raises).
 
 References:
   Frantar et al., "Marlin: Mixed-Precision Auto-Regressive Parallel Inference", arXiv:2408.11743
@@ -24,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bitscale.numerics.quantize import QArray, dequantize
+from bitscale.numerics import QArray, dequantize
 
 IMPLEMENTATIONS = ("auto", "xla", "pallas")
 
@@ -44,14 +42,14 @@ def packed_matmul(x: jax.Array, w: QArray, *, compute_dtype="float32",
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if not isinstance(w, QArray) or len(w.shape) != 2:
-        raise TypeError("packed_matmul needs a 2-D QArray weight [in, out]")
+        raise TypeError("packed_matmul needs a 2-D QArray weight [in, out] (quantized with axis=0)")
     if x.shape[-1] != w.shape[0]:
         raise ValueError(f"x's last axis {x.shape[-1]} does not match the weight's {w.shape}")
     cd = jnp.dtype(compute_dtype)
     if implementation != "xla":
         kernel = pallas_packed_matmul()
         if kernel is not None:
-            return kernel(x, w, compute_dtype=cd)
+            return kernel(x, w, compute_dtype=cd, implementation=implementation)
         if implementation == "pallas":
             raise RuntimeError("implementation='pallas' but pallas_kernels.packed_matmul is not "
                                "available; use 'auto' or 'xla'")

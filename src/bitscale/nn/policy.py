@@ -9,13 +9,13 @@ data: a config file can define new ones without touching model code.
 
 Module paths of the Llama model (`bitscale.nn.llama.module_paths`)::
 
-    layers.<i>.attn.{q_proj,k_proj,v_proj,o_proj}   projections (x @ W, W: [in, out])
+    layers.<i>.attn.{q_proj,k_proj,v_proj,o_proj}   projections (x @ W^T, W: [out, in])
     layers.<i>.attn.qk / layers.<i>.attn.pv         attention products (lhs = q / probs,
                                                     rhs = k / v)
     layers.<i>.attn.kv_cache                        keys/values as stored in the cache
                                                     (``act`` spec, along head_dim)
     layers.<i>.mlp.{gate_proj,up_proj,down_proj}
-    lm_head                                         x @ W_head (or x @ E^T when tied)
+    lm_head                                         x @ W_head^T (or x @ E^T when tied)
 
 References:
   Qwix (google/qwix): regex `QuantizationRule`s on module paths, `bwd_use_original_residuals`.
@@ -55,16 +55,16 @@ def _dtype_name(d) -> str:
 class Rule:
     """How the matmuls whose module path fully matches ``pattern`` are computed.
 
-    For ``y = lhs . rhs`` (``x @ W`` in a projection; ``q . k`` / ``p . v`` in attention):
+    For ``y = lhs . rhs`` (``x @ W^T`` in a projection; ``q . k`` / ``p . v`` in attention):
 
     Attributes:
       pattern: regex, matched with `re.fullmatch` against the dotted module path.
       weight: spec of the right operand (the weight), quantized along its contraction axis
-        (axis 0 of a [in, out] kernel); None keeps it unquantized.
+        (the ``in`` axis, axis 1, of an [out, in] kernel); None keeps it unquantized.
       act: spec of the left operand (the activation), quantized along its contraction axis
         (the last axis). For ``*.kv_cache`` paths: the spec of cached keys and values.
       grad: spec of the output gradient dY, quantized along its last axis before it enters both
-        backward products (dX = dY . W^T and dW = X^T . dY).
+        backward products (dX = dY . W and dW = dY^T . X for a projection y = x . W^T).
       grad_lhs: spec of the activation gradient dX (after the product), along lhs's contraction
         axis.
       grad_rhs: spec of the weight gradient dW (after the product), along rhs's contraction axis.

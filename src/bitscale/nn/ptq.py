@@ -1,9 +1,11 @@
 """Post-training weight quantization: kernels become packed `QArray`s, inference runs through
 `packed_matmul` (a Pallas kernel where ``pallas_kernels`` provides one, XLA otherwise).
 
-Weights are quantized along axis 0 of the [in, out] kernel (the contraction axis), with the same
-numerics as the policy's fake-quant path: ``dequantize(quantize(W)) == fake_quant(W)`` bit for
-bit, so a PTQ model gives the logits of the fake-quantized weight-only model.
+Weights are quantized along the contraction axis, with the same numerics as the policy's
+fake-quant path: a float kernel W [out, in] is packed as ``quantize(W.T, spec, axis=0)`` (the
+[K, N] layout of ``pallas_kernels.packed_matmul``), and ``dequantize`` of it equals
+``fake_quant(W, spec, axis=1).T`` bit for bit, so a PTQ model gives the logits of the
+fake-quantized weight-only model.
 
 References:
   Frantar et al., "GPTQ", arXiv:2210.17323 and Lin et al., "AWQ", arXiv:2306.00978
@@ -16,7 +18,7 @@ import warnings
 
 from flax import nnx
 
-from bitscale.numerics.quantize import QArray, quantize
+from bitscale.numerics import QArray, quantize
 from bitscale.nn.layers import Embed, Linear, PackedWeight
 from bitscale.nn.llama import Llama
 from bitscale.nn.packed import IMPLEMENTATIONS
@@ -42,7 +44,7 @@ def quantize_weights(model: Llama, policy: "str | Policy" = "int4@g128", *,
                              "also quantizes activations or gradients")
     if not inplace:
         model = nnx.clone(model)
-    for _, module in model.iter_modules():
+    for _, module in nnx.iter_modules(model):
         if isinstance(module, Embed) and module.head_rule is not None:
             if policy.rule_for("lm_head").weight is not None:
                 warnings.warn("tied embeddings: the lm head shares the embedding table and is "
@@ -56,12 +58,13 @@ def quantize_weights(model: Llama, policy: "str | Policy" = "int4@g128", *,
         if rule.weight is None or isinstance(w, QArray):
             continue
         axes = module.kernel.get_metadata().get("logical_axes")
-        module.kernel = PackedWeight(quantize(w, rule.weight, axis=0), logical_axes=axes)
+        module.kernel = PackedWeight(quantize(w.T, rule.weight, axis=0),
+                                     logical_axes=None if axes is None else tuple(axes[::-1]))
     return model
 
 
 def packed_bits(model: Llama) -> dict[str, float]:
     """Bits per element of every packed kernel, keyed by module path."""
     return {m.path: m.kernel.get_value().bits_per_element
-            for _, m in model.iter_modules()
+            for _, m in nnx.iter_modules(model)
             if isinstance(m, Linear) and isinstance(m.kernel.get_value(), QArray)}

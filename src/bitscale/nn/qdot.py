@@ -7,15 +7,18 @@ rule's compute dtype, accumulated and returned in float32.
 Backward, for output gradient ``g``:
 
 1. ``gq = Q_grad(g)`` along g's last axis (None: unchanged);
-2. ``dX = gq . Q_weight(rhs)^T`` and ``dW = A^T . gq`` with ``A = Q_act(lhs)`` when
-   ``wgrad_act == "quantized"`` (plain STE) or ``A = lhs`` when ``"original"`` (AQT / Qwix);
+2. ``(dX, dW)`` = the VJP of the product at ``(A, Q_weight(rhs))`` applied to ``gq``, with
+   ``A = Q_act(lhs)`` when ``wgrad_act == "quantized"`` (plain STE) or ``A = lhs`` when
+   ``"original"`` (AQT / Qwix); dX only involves Q_weight(rhs) and dW only A;
 3. the forward fake-quant's estimator masks dX and dW (STE: identity);
 4. ``dX = Q_grad_lhs(dX)`` and ``dW = Q_grad_rhs(dW)``, along each operand's contraction axis.
 
 Stochastic rounding needs random bits. `qdot` takes one key per model call; it folds in a hash of
 the module path and then a slot number (0: lhs, 1: rhs, 2: g, 3: dX, 4: dW), so every
 quantization point of every layer gets its own deterministic stream. Without a key, stochastic
-rounding falls back to nearest rounding (and `qdot` warns once per path at trace time).
+rounding falls back to nearest rounding, with a warning when such a forward (``fwd_rounding``) or
+backward pass (``grad_rounding``) is traced; inference without a key is silent for rules that
+round only gradients stochastically.
 
 References:
   AQT (google/aqt) `aqt_dot_general.py`; Qwix (google/qwix) `dot_general_qt`.
@@ -34,13 +37,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from bitscale.numerics.estimators import fake_quant
+from bitscale.numerics import fake_quant
 from bitscale.nn.policy import Rule
 
 DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
                          tuple[tuple[int, ...], tuple[int, ...]]]
 _SLOTS = 5
-_warned: set[str] = set()
 
 
 def path_key(key: jax.Array, path: str) -> jax.Array:
@@ -55,6 +57,7 @@ class _Cfg:
     lhs_axis: int
     rhs_axis: int
     has_key: bool
+    path: str
 
 
 def _dot(cfg: _Cfg, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
@@ -84,8 +87,15 @@ def _qdot(cfg: _Cfg, lhs, rhs, kd):
     return _qdot_fwd(cfg, lhs, rhs, kd)[0]
 
 
+def _warn_no_key(cfg: _Cfg, what: str) -> None:
+    warnings.warn(f"{cfg.path or 'qdot'}: the rule asks for stochastic rounding of {what} but the "
+                  "model was called without key=...; rounding to nearest instead", stacklevel=3)
+
+
 def _qdot_fwd(cfg: _Cfg, lhs, rhs, kd):
     r = cfg.rule
+    if r.fwd_rounding == "stochastic" and not cfg.has_key:
+        _warn_no_key(cfg, "the operands")
     lq, lvjp = _quant_operand(cfg, lhs, r.act, cfg.lhs_axis, kd, 0)
     rq, rvjp = _quant_operand(cfg, rhs, r.weight, cfg.rhs_axis, kd, 1)
     y = _dot(cfg, lq, rq)
@@ -96,6 +106,9 @@ def _qdot_fwd(cfg: _Cfg, lhs, rhs, kd):
 def _qdot_bwd(cfg: _Cfg, res, g):
     lhs_w, rq, lvjp, rvjp, kd = res
     r = cfg.rule
+    if (r.grad_rounding == "stochastic" and not cfg.has_key
+            and any(s is not None for s in (r.grad, r.grad_lhs, r.grad_rhs))):
+        _warn_no_key(cfg, "gradients")
     if r.grad is not None:
         g = _fq(g, r.grad, -1, r.grad_rounding, kd, 2, cfg.has_key)
     _, dot_vjp = jax.vjp(functools.partial(_dot, cfg), lhs_w, rq)
@@ -140,17 +153,22 @@ def qdot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers, ru
                                preferred_element_type=jnp.float32)
     (lc, rc), _ = dimension_numbers
     cfg = _Cfg(rule, _freeze(dimension_numbers), _single_axis(lc, lhs.ndim, "lhs", path),
-               _single_axis(rc, rhs.ndim, "rhs", path), key is not None)
-    needs_key = "stochastic" in (rule.fwd_rounding, rule.grad_rounding)
-    if key is None:
-        if needs_key and path not in _warned:
-            _warned.add(path)
-            warnings.warn(f"{path or 'qdot'}: the rule asks for stochastic rounding but the model "
-                          "was called without key=...; rounding to nearest instead", stacklevel=2)
+               _single_axis(rc, rhs.ndim, "rhs", path), key is not None, path)
+    zero = jnp.zeros((2,), jnp.uint32)
+    used = _stochastic_slots(rule)
+    if key is None or not used:
         kd = jnp.zeros((_SLOTS, 2), jnp.uint32)
     else:
-        kd = jnp.stack([slot_key(key, path, s) for s in range(_SLOTS)])
+        kd = jnp.stack([slot_key(key, path, s) if s in used else zero for s in range(_SLOTS)])
     return _qdot(cfg, lhs, rhs, kd)
+
+
+def _stochastic_slots(rule: Rule) -> frozenset[int]:
+    """The slots (0 lhs, 1 rhs, 2 g, 3 dX, 4 dW) that round stochastically under ``rule``."""
+    specs = (rule.act, rule.weight, rule.grad, rule.grad_lhs, rule.grad_rhs)
+    rnd = (rule.fwd_rounding,) * 2 + (rule.grad_rounding,) * 3
+    return frozenset(i for i, (sp, r) in enumerate(zip(specs, rnd))
+                     if sp is not None and r == "stochastic")
 
 
 def slot_key(key: jax.Array, path: str, slot: int) -> jax.Array:

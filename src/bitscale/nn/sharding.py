@@ -55,7 +55,8 @@ def logical_to_spec(names: Sequence[str | None], rules: Rules,
     for n in names:
         target = table.get(n) if n is not None else None
         if n is not None and n not in table:
-            raise ValueError(f"logical axis {n!r} has no sharding rule; rules cover {sorted(table)}")
+            raise ValueError(f"logical axis {n!r} has no sharding rule; rules cover "
+                             f"{sorted(table)}")
         axes = (target,) if isinstance(target, str) else tuple(target or ())
         axes = tuple(a for a in axes if a not in used
                      and (mesh_axes is None or a in mesh_axes))

@@ -178,6 +178,8 @@ def _float_scaled_groups(xg, spec: QuantSpec, rand, sc: S.FloatScales, want_code
     """Float32 or float-format scales: encode x * enc, round onto the element grid, decode * dec."""
     fmt = spec.elem
     v = xg * sc.enc
+    if isinstance(fmt, FloatFormat) and not want_codes and want is None:
+        return _Out(E.cast_float(v, fmt, rand) * sc.dec, None, None, None)
     if isinstance(fmt, FloatFormat):
         r = E.round_float(v, fmt, rand)
         y = E.rounded_to_f32(r) * sc.dec

@@ -1,0 +1,297 @@
+"""Precision policies: forward and backward of the quantized dot against references built directly
+from the numerics core (`bitscale.fake_quant` and `jax.vjp`), named policies, LayerCast."""
+
+import functools
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import bitscale as bs  # noqa: E402
+import bitscale.nn as bn  # noqa: E402
+from nn_helpers import load_config_module  # noqa: E402
+
+DIMS = (((2,), (0,)), ((), ()))
+fake_quant = jax.jit(bs.fake_quant, static_argnames=("spec", "axis", "rounding", "estimator"))
+PATH = "layers.0.mlp.up_proj"
+KEY = jax.random.key(42)
+
+RULES = {
+    "fp8": bn.Rule(PATH, weight="fp8_e4m3@channel", act="fp8_e4m3@channel",
+                   grad="fp8_e5m2@channel"),
+    "mxfp4_sr": bn.Rule(PATH, weight="mxfp4", act="mxfp4", grad="mxfp4",
+                        grad_rounding="stochastic"),
+    "nvfp4_all": bn.Rule(PATH, weight="nvfp4", act="nvfp4", grad="nvfp4", grad_lhs="mxfp8_e4m3",
+                         grad_rhs="int8@channel", grad_rounding="stochastic",
+                         wgrad_act="original"),
+    "int8_trust_bf16": bn.Rule(PATH, weight="int8@channel", act="int8@channel",
+                               estimator="trust", compute_dtype="bfloat16",
+                               fwd_rounding="stochastic"),
+    "e4m3_clipped": bn.Rule(PATH, weight="fp8_e4m3", act="fp8_e4m3", grad="fp8_e5m2",
+                            estimator="clipped_ste"),
+    "int4_weight_only": bn.Rule(PATH, weight="int4@g128"),
+}
+
+
+def _data(seed=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(k1, (3, 8, 128)) * 300.0  # large enough to clip an unscaled E4M3 cast
+    w = jax.random.normal(k2, (128, 64)) * 0.05
+    g = jax.random.normal(k3, (3, 8, 64))
+    return x, w, g
+
+
+def _reference(x, w, g, rule, key):
+    """Forward and gradients of the rule, hand-built with bs.fake_quant and jax.vjp."""
+    def rnd(r):
+        return r if key is not None else "nearest"
+    kd = (lambda s: bn.slot_key(key, PATH, s)) if key is not None else (lambda s: None)
+
+    def fq(a, spec, axis, rounding, slot, est="ste"):
+        if spec is None:
+            return a
+        r = rnd(rounding)
+        return bs.fake_quant(a, spec, axis=axis, rounding=r,
+                             key=kd(slot) if r == "stochastic" else None, estimator=est)
+
+    xq, x_vjp = jax.vjp(lambda a: fq(a, rule.act, -1, rule.fwd_rounding, 0, rule.estimator), x)
+    wq, w_vjp = jax.vjp(lambda b: fq(b, rule.weight, 0, rule.fwd_rounding, 1, rule.estimator), w)
+    cd = jnp.dtype(rule.compute_dtype)
+
+    def dot(a, b):
+        return jnp.einsum("bti,io->bto", a.astype(cd), b.astype(cd),
+                          preferred_element_type=jnp.float32)
+
+    y = dot(xq, wq)
+    gq = fq(g, rule.grad, -1, rule.grad_rounding, 2)
+    a = x if rule.wgrad_act == "original" else xq
+    _, dot_vjp = jax.vjp(dot, a, wq)
+    dx, dw = dot_vjp(gq)
+    (dx,), (dw,) = x_vjp(dx), w_vjp(dw)
+    dx = fq(dx, rule.grad_lhs, -1, rule.grad_rounding, 3)
+    dw = fq(dw, rule.grad_rhs, 0, rule.grad_rounding, 4)
+    return y, dx, dw
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "with_key"))
+def _ours(x, w, g, key, rule, with_key):
+    y, vjp = jax.vjp(lambda a, b: bn.qdot(a, b, DIMS, rule, key=key if with_key else None,
+                                           path=PATH), x, w)
+    return (y, *vjp(g))
+
+
+@functools.partial(jax.jit, static_argnames=("rule", "with_key"))
+def _ref(x, w, g, key, rule, with_key):
+    return _reference(x, w, g, rule, key if with_key else None)
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_forward_and_backward_match_hand_built_vjp(name):
+    rule = RULES[name]
+    x, w, g = _data()
+    ours = _ours(x, w, g, KEY, rule=rule, with_key=True)
+    ref = _ref(x, w, g, KEY, rule=rule, with_key=True)
+    for a, b, what in zip(ours, ref, ("y", "dx", "dw")):
+        assert a.dtype == b.dtype and a.shape == b.shape, what
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6,
+                                   err_msg=f"{name}: {what}")
+    # ...and quantization really happened: unlike the plain float32 dot
+    y32, vjp32 = jax.vjp(lambda a, b: jnp.einsum("bti,io->bto", a, b), x, w)
+    dx32, dw32 = vjp32(g)
+    assert not np.allclose(ours[0], y32, rtol=1e-4, atol=1e-4)
+    if rule.act is not None or rule.grad is not None:
+        assert not np.allclose(ours[2], dw32, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:.*without key")
+def test_forward_is_the_matmul_of_fake_quantized_operands():
+    """Independent of any VJP: y = fake_quant(x) @ fake_quant(w) along the contraction axes."""
+    x, w, _ = _data(1)
+    for name in ("fp8", "mxfp4_sr", "int4_weight_only"):
+        rule = RULES[name]
+        xq = fake_quant(x, rule.act, axis=-1) if rule.act is not None else x
+        wq = fake_quant(w, rule.weight, axis=0)
+        want = np.einsum("bti,io->bto", np.asarray(xq, np.float64), np.asarray(wq, np.float64))
+        got = np.asarray(_ours(x, w, x[..., :64], KEY, rule=rule, with_key=False)[0])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_ste_backward_closed_form():
+    """Plain STE with a quantized output gradient: dX = Q(g) Wq^T, dW = Xq^T Q(g)."""
+    rule = RULES["fp8"]
+    x, w, g = _data(2)
+    _, dx, dw = _ours(x, w, g, KEY, rule=rule, with_key=False)
+    xq = np.asarray(fake_quant(x, "fp8_e4m3@channel", axis=-1), np.float64)
+    wq = np.asarray(fake_quant(w, "fp8_e4m3@channel", axis=0), np.float64)
+    gq = np.asarray(fake_quant(g, "fp8_e5m2@channel", axis=-1), np.float64)
+    np.testing.assert_allclose(np.asarray(dx), np.einsum("bto,io->bti", gq, wq), rtol=1e-5,
+                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dw), np.einsum("bti,bto->io", xq, gq), rtol=1e-5,
+                               atol=1e-2)
+
+
+def test_wgrad_activation_choice_is_explicit():
+    x, w, g = _data(3)
+    q = bn.Rule(PATH, weight="mxfp4", act="mxfp4")
+    o = bn.Rule(PATH, weight="mxfp4", act="mxfp4", wgrad_act="original")
+    _, dxq, dwq = _ours(x, w, g, KEY, rule=q, with_key=False)
+    _, dxo, dwo = _ours(x, w, g, KEY, rule=o, with_key=False)
+    np.testing.assert_array_equal(np.asarray(dxq), np.asarray(dxo))
+    np.testing.assert_allclose(np.asarray(dwo), np.einsum("bti,bto->io", np.asarray(x, np.float64),
+                                                          np.asarray(g, np.float64)),
+                               rtol=1e-5, atol=1e-2)
+    assert not np.allclose(np.asarray(dwq), np.asarray(dwo), rtol=1e-3)
+
+
+def test_clipped_ste_masks_clipped_elements():
+    x, w, g = _data(4)
+    _, dx, _ = _ours(x, w, g, KEY, rule=RULES["e4m3_clipped"], with_key=False)
+    clipped = np.abs(np.asarray(x)) > 448
+    assert clipped.any() and (~clipped).any()
+    assert (np.asarray(dx)[clipped] == 0).all()
+    assert (np.asarray(dx)[~clipped] != 0).mean() > 0.99
+
+
+def test_stochastic_rounding_needs_a_key_else_nearest():
+    rule = RULES["mxfp4_sr"]
+    nearest = bn.Rule(PATH, weight="mxfp4", act="mxfp4", grad="mxfp4")
+    x, w, g = _data(5)
+    with pytest.warns(UserWarning, match="without key"):  # warned when the backward is traced
+        jax.jit(jax.grad(lambda a, b: bn.qdot(a, b, DIMS, rule, path=PATH).sum())).lower(x, w)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inference: only gradients round stochastically
+        jax.jit(lambda a, b: bn.qdot(a, b, DIMS, rule, path=PATH)).lower(x, w)
+    no_key = _ours(x, w, g, KEY, rule=rule, with_key=False)
+    ref = _ours(x, w, g, KEY, rule=nearest, with_key=False)
+    for a, b in zip(no_key, ref):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    k1 = _ours(x, w, g, jax.random.key(1), rule=rule, with_key=True)
+    k1b = _ours(x, w, g, jax.random.key(1), rule=rule, with_key=True)
+    k2 = _ours(x, w, g, jax.random.key(2), rule=rule, with_key=True)
+    np.testing.assert_array_equal(np.asarray(k1[1]), np.asarray(k1b[1]))
+    assert not np.array_equal(np.asarray(k1[1]), np.asarray(k2[1]))
+    np.testing.assert_array_equal(np.asarray(k1[0]), np.asarray(k2[0]))  # forward is nearest
+
+
+def test_named_policies():
+    assert set(bn.NAMED_POLICIES) == {"fp32", "bf16", "layercast", "fp8", "mxfp4", "nvfp4",
+                                      "int8", "int4@g128"}
+    fp8 = bn.resolve_policy("fp8")
+    r = fp8.rule_for("layers.3.attn.q_proj")
+    assert r.weight.name == "fp8_e4m3@channel" and r.grad.name == "fp8_e5m2@channel"
+    assert not fp8.rule_for("lm_head").quantized
+    assert not fp8.rule_for("layers.0.attn.qk").quantized
+    mx = bn.resolve_policy("mxfp4")
+    assert mx.rule_for("layers.0.mlp.down_proj").grad_rounding == "stochastic"
+    assert bn.resolve_policy("int4@g128").rule_for("layers.1.mlp.up_proj").weight_only
+    lc = bn.resolve_policy("layercast")
+    assert (lc.param_dtype, lc.act_dtype, lc.rules[0].compute_dtype) == (
+        "bfloat16", "float32", "float32")
+    assert hash(fp8) == hash(bn.resolve_policy("fp8"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_config_module("tiny")
+
+
+def _model(cfg, policy, seed=0):
+    m = bn.Llama(cfg, policy, rngs=nnx.Rngs(seed))
+    # larger weights so that bf16 rounding is visible in the logits
+    for _, v in nnx.to_flat_state(nnx.state(m, nnx.Param)):
+        a = v.get_value()
+        if a.ndim == 2:
+            v.set_value((a.astype(jnp.float32) * 5.0).astype(a.dtype))
+    return m
+
+
+def test_layercast_is_f32_compute_on_bf16_weights(tiny):
+    cfg = tiny.TINY
+    toks = jax.random.randint(jax.random.key(0), (2, 16), 0, cfg.vocab_size)
+    lc = _model(cfg, "layercast")
+    assert lc.layers[0].mlp.up_proj.kernel.get_value().dtype == jnp.bfloat16
+    # reference: the fp32 policy on the same weights, rounded to bf16 and widened back
+    ref = bn.Llama(cfg, "fp32", rngs=nnx.Rngs(1))
+    nnx.update(ref, jax.tree.map(lambda a: a.astype(jnp.float32), nnx.state(lc, nnx.Param)))
+    bf = bn.Llama(cfg, "bf16", rngs=nnx.Rngs(1))
+    nnx.update(bf, nnx.state(lc, nnx.Param))
+    y_lc = np.asarray(bn.apply(lc, toks))
+    y_ref = np.asarray(bn.apply(ref, toks))
+    y_bf = np.asarray(bn.apply(bf, toks))
+    np.testing.assert_allclose(y_lc, y_ref, rtol=0, atol=1e-6)
+    assert np.abs(y_bf - y_lc).max() > 100 * max(np.abs(y_lc - y_ref).max(), 1e-6)
+
+
+def test_policy_from_config_file_trains(tiny):
+    """A user policy written in configs/tiny.py drives the model with no model-code change."""
+    pol = tiny.W4A4_MLP_FP8_ATTN
+    cfg = tiny.get_config()
+    m = bn.Llama(cfg.model, pol, rngs=nnx.Rngs(cfg.seed))
+    assert m.layers[1].mlp.down_proj.rule.weight.name == "mxfp4"
+    assert m.layers[1].attn.o_proj.rule.act.name == "fp8_e4m3@channel"
+    assert not m.lm_head.rule.quantized
+    graphdef, state = nnx.split(m, nnx.Param)
+    toks = jnp.zeros((2, 32), jnp.int32)
+
+    def loss(p, key):
+        return jnp.mean(nnx.merge(graphdef, p)(toks, key=key) ** 2)
+
+    grad = jax.jit(jax.grad(loss))
+    g1 = grad(state, jax.random.key(0))
+    g2 = grad(state, jax.random.key(1))
+    a = g1["layers"][0]["mlp"]["up_proj"]["kernel"].get_value()
+    b = g2["layers"][0]["mlp"]["up_proj"]["kernel"].get_value()
+    assert np.isfinite(np.asarray(a)).all()
+    assert not np.array_equal(np.asarray(a), np.asarray(b))  # stochastic gradient rounding
+
+
+def test_attention_products_and_kv_cache_rules(tiny):
+    """qk / pv / kv_cache rules take effect, and decoding stays equal to the full forward."""
+    cfg = tiny.TINY
+    pol = bn.Policy("attn8", (bn.Rule(r".*\.qk", act="int8@channel", weight="int8@channel"),
+                              bn.Rule(r".*\.pv", act="fp8_e4m3", weight="fp8_e4m3"),
+                              bn.Rule(r".*\.kv_cache", act="int8@channel")))
+    q = bn.Llama(cfg, pol, rngs=nnx.Rngs(0))
+    f = bn.Llama(cfg, "fp32", rngs=nnx.Rngs(0))
+    toks = jax.random.randint(jax.random.key(3), (2, 12), 0, cfg.vocab_size)
+    yq, yf = np.asarray(bn.apply(q, toks)), np.asarray(bn.apply(f, toks))
+    assert 0 < np.abs(yq - yf).max() < 0.1 * np.abs(yf).max()
+    cache = q.init_cache(2, 12)
+    y0, cache = bn.apply(q, toks[:, :9], cache=cache)
+    y1, cache = bn.apply(q, toks[:, 9:], cache=cache)
+    np.testing.assert_allclose(np.concatenate([y0, y1], 1), yq, rtol=0, atol=1e-5)
+
+
+def test_linear_layer_of_a_named_policy(tiny):
+    """A projection of the `mxfp4` model: W [out, in] quantized along `in`, x along its last
+    axis, dY stochastically rounded with the key folded with the index-free module path."""
+    m = bn.Llama(tiny.TINY, "mxfp4", rngs=nnx.Rngs(0))
+    lin = m.layers[1].mlp.up_proj
+    assert lin.path == "layers.1.mlp.up_proj"
+    w = lin.kernel.get_value()
+    assert w.shape == (tiny.TINY.intermediate_size, tiny.TINY.hidden_size)
+    x, _, _ = _data(6)
+    g = jax.random.normal(jax.random.key(9), (3, 8, w.shape[0]))
+    key = jax.random.key(4)
+    graphdef, state = nnx.split(lin)
+
+    @jax.jit
+    def ours(x, state):
+        return jax.vjp(lambda a, s: nnx.merge(graphdef, s)(a, key=key), x, state)[1](g)
+
+    dx, dstate = ours(x, state)
+    kd = lambda s: bn.slot_key(key, "layers.mlp.up_proj", s)  # noqa: E731
+    xq = fake_quant(x, "mxfp4", axis=-1)
+    wq = fake_quant(w, "mxfp4", axis=1)
+    gq = jax.jit(lambda a: bs.fake_quant(a, "mxfp4", rounding="stochastic", key=kd(2)))(g)
+    dx_ref = np.einsum("bto,oi->bti", np.asarray(gq, np.float64), np.asarray(wq, np.float64))
+    dw_ref = np.einsum("bto,bti->oi", np.asarray(gq, np.float64), np.asarray(xq, np.float64))
+    np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dstate["kernel"].get_value()), dw_ref, rtol=1e-5,
+                               atol=1e-3)
