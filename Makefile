@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/quantize_bench.py
 	$(PY) benchmarks/kernels_bench.py
 	$(PY) benchmarks/kernels_bench_matmul.py
+
+bench-model: $(STAMP)
+	$(PY) benchmarks/model_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
