@@ -27,13 +27,6 @@ from bitscale.numerics.specs import QuantSpec
 U32 = B.U32
 
 
-def _tile_indices(shape2d, offsets, strides):
-    """uint32 flat indices of a 2-D tile: sum_d (offset_d + iota_d) * stride_d (+ base)."""
-    r = offsets[0] + jax.lax.broadcasted_iota(U32, shape2d, 0)
-    c = offsets[1] + jax.lax.broadcasted_iota(U32, shape2d, 1)
-    return r * U32(strides[0]) + c * U32(strides[1])
-
-
 def _quantize_tile(xf, valid, rand, spec, want_codes, tensor_amax):
     """Quantizes a float32 tile whose quantization axis is the last one.
 
@@ -133,7 +126,6 @@ def quantize_pallas(x: jax.Array, spec, axis: int, rounding: str, key, want_code
         in_specs.append(pl.BlockSpec(tile, lambda i, j: (i, j)))
         small = lambda shp: pl.BlockSpec(shp, lambda i, j: (0, 0))
         out_block = lambda cols: pl.BlockSpec((tile[0], cols), lambda i, j: (i, j))
-        out_shape2 = lambda cols_total: (rows, cols_total)
     else:
         view = x.reshape(pre, a_len, post)
         tile = (block_axis, block_other)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bitscale.numerics import bits as B
-from bitscale.numerics.formats import E8M0Format, FloatFormat, IntFormat
+from bitscale.numerics.formats import FloatFormat
 
 U32, I32 = B.U32, B.I32
 
@@ -181,11 +181,6 @@ def e8m0_exp_to_f32(code: jax.Array) -> jax.Array:
     return jnp.where(c == 255, jnp.float32(jnp.nan), out)
 
 
-def cast_e8m0(x: jax.Array) -> jax.Array:
-    """Fake-quant cast of float32 ``x`` to E8M0 (see `e8m0_codes_from_f32`)."""
-    return e8m0_exp_to_f32(e8m0_codes_from_f32(x))
-
-
 # ---------------------------------------------------------------------------------------------
 # Integers (and fixed point)
 
@@ -201,18 +196,8 @@ def round_fixed(x: jax.Array, qexp: int | jax.Array, rand: jax.Array | None,
     return jnp.where(sign != 0, -q, q)
 
 
-def cast_int(x: jax.Array, fmt: IntFormat, rand: jax.Array | None = None) -> jax.Array:
-    """Saturating round-to-integer fake-quant cast of float32 ``x`` (NaN stays NaN, -0 -> +0)."""
-    clipped = jnp.clip(x, float(fmt.qmin), float(fmt.qmax))
-    q = round_fixed(clipped, 0, rand)
-    return keep_nan(q.astype(jnp.float32), x)
-
-
 def keep_nan(y: jax.Array, x: jax.Array) -> jax.Array:
     """``y`` with NaN wherever ``x`` is NaN (integer grids have no NaN code and a single +0)."""
     return jnp.where(jnp.isnan(x), jnp.float32(jnp.nan), y)
 
 
-
-def is_e8m0(fmt) -> bool:
-    return isinstance(fmt, E8M0Format)

@@ -249,6 +249,3 @@ def resolve_spec(spec: "str | Spec") -> Spec:
         return dataclasses.replace(parent, name="", **fields) if fields else parent
     return QuantSpec(**fields)
 
-
-def spec_name(spec: Spec) -> str:
-    return spec.name
