@@ -1,0 +1,173 @@
+"""Held-out evaluation: cached greedy decoding, task accuracy and teacher-forced perplexity.
+
+``greedy_decode`` runs one prefill over left-padded prompts into a `KVCache`, then single-token
+decode steps inside a `jax.lax.while_loop` that stops as soon as every row has emitted EOS. It is
+compiled once per (model graph, batch, prompt length, max_new_tokens): the model crosses
+the `jax.jit` boundary as ``nnx.split`` (graphdef static, state traced), as in `bitscale.nn.apply`.
+
+``accuracy`` batches examples to a fixed shape (the last batch is padded with copies of a real
+example and those rows are dropped), decodes greedily and scores with ``task.check``.
+``perplexity`` is ``exp(mean NLL)`` over the masked next-token targets of `make_batch` dicts.
+
+References:
+  Pope et al., "Efficiently Scaling Transformer Inference", arXiv:2211.05102 (prefill / decode
+    with a KV cache).
+  Cobbe et al., "Training Verifiers to Solve Math Word Problems", arXiv:2110.14168 (answer
+    checking after ``####``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bitscale.data import Example, Tokenizer, make_batch
+from bitscale.train.losses import token_log_probs
+
+__all__ = ["accuracy", "greedy_decode", "perplexity"]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _decode(graphdef, state, prompt, prompt_mask, max_new_tokens: int, eos_id, pad_id):
+    model = nnx.merge(graphdef, state)
+    b, p = prompt.shape
+    n = max_new_tokens
+    # The last generated token is never fed back, so P + N - 1 slots suffice.
+    cache = model.init_cache(b, p + n - 1)
+    logits, cache = model(prompt, attention_mask=prompt_mask, cache=cache)
+    first = jnp.argmax(logits[:, -1].astype(jnp.float32), axis=-1).astype(jnp.int32)
+    out = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(first)
+    done = first == eos_id
+    lengths = jnp.ones((b,), jnp.int32)
+    ones = jnp.ones((b, 1), jnp.int32)
+
+    def cond(carry):
+        i, _, done, _, _ = carry
+        return (i < n) & ~jnp.all(done)
+
+    def body(carry):
+        i, out, done, lengths, cache = carry
+        prev = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)
+        logits, cache = model(prev, attention_mask=ones, cache=cache)
+        tok = jnp.argmax(logits[:, -1].astype(jnp.float32), axis=-1).astype(jnp.int32)
+        write = jnp.where(done, pad_id, tok)
+        out = jax.lax.dynamic_update_slice_in_dim(out, write[:, None], i, axis=1)
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | (tok == eos_id)
+        return i + 1, out, done, lengths, cache
+
+    carry = (jnp.int32(1), out, done, lengths, cache)
+    _, out, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
+    return out, lengths
+
+
+def greedy_decode(model: nnx.Module, prompt, prompt_mask, max_new_tokens: int, eos_id: int,
+                  pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """Greedy continuation of left-padded prompts with a KV cache.
+
+    Args:
+      model: a `bitscale.nn.Llama` (anything with ``__call__(tokens, attention_mask=, cache=)``
+        returning ``(logits, cache)`` and ``init_cache(batch, max_len)``).
+      prompt: int32 [B, P], LEFT-padded (``make_batch``'s ``prompt``); every row must end with a
+        real token.
+      prompt_mask: [B, P], 1 on real prompt tokens.
+      max_new_tokens: N >= 1 tokens to generate at most.
+      eos_id, pad_id: a row stops after its first EOS (kept in the output); later slots are PAD.
+    Returns:
+      (tokens int32 [B, N], lengths int32 [B]): ``lengths`` counts the generated tokens up to and
+      including the first EOS (N when a row never emits EOS). Argmax is over float32 logits
+      (ties: lowest id). Decoding stops early once every row has emitted EOS.
+    """
+    prompt = jnp.asarray(prompt, jnp.int32)
+    prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
+    if prompt.ndim != 2 or prompt_mask.shape != prompt.shape:
+        raise ValueError(f"greedy_decode: prompt {prompt.shape} and prompt_mask "
+                         f"{prompt_mask.shape} must be the same [batch, length] shape")
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"greedy_decode: max_new_tokens must be >= 1, got {max_new_tokens}")
+    graphdef, state = nnx.split(model)
+    return _decode(graphdef, state, prompt, prompt_mask, int(max_new_tokens),
+                   jnp.int32(eos_id), jnp.int32(pad_id))
+
+
+def accuracy(model: nnx.Module, examples: Sequence[Example], task: Any, tokenizer: Tokenizer, *,
+             batch_size: int, max_prompt_len: int, max_new_tokens: int,
+             truncate_prompts: bool = False) -> dict[str, Any]:
+    """Greedy-decoding accuracy of ``model`` on held-out ``examples``, scored by ``task.check``.
+
+    Every batch has the fixed shape [batch_size, max_prompt_len] (one compilation); the last one
+    is filled with copies of its first example whose outputs are dropped.
+
+    Args:
+      task: anything with ``check(completion: str, example: Example) -> bool``.
+      truncate_prompts: passed to `make_batch` as ``truncate`` (False: a prompt longer than
+        ``max_prompt_len``, BOS included, raises ValueError).
+    Returns:
+      dict with ``accuracy`` (float, fraction of examples accepted), ``n`` (number of examples),
+      ``completions`` (decoded text per example, cut at EOS) and ``correct`` (bool per example).
+    """
+    examples = list(examples)
+    if not examples:
+        raise ValueError("accuracy: empty list of examples")
+    if batch_size < 1:
+        raise ValueError(f"accuracy: batch_size must be >= 1, got {batch_size}")
+    completions: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        real = len(chunk)
+        chunk = chunk + [chunk[0]] * (batch_size - real)
+        # Empty targets: make_batch only has to lay out the prompts (its tokens are unused).
+        stubs = [dataclasses.replace(ex, target="") for ex in chunk]
+        arrays = make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1,
+                            truncate=truncate_prompts)
+        toks, lengths = greedy_decode(model, arrays["prompt"], arrays["prompt_mask"],
+                                      max_new_tokens, tokenizer.eos_id, tokenizer.pad_id)
+        toks, lengths = np.asarray(toks), np.asarray(lengths)
+        completions += [tokenizer.decode(toks[i, :lengths[i]].tolist()) for i in range(real)]
+    correct = [bool(task.check(c, ex)) for c, ex in zip(completions, examples)]
+    return {"accuracy": sum(correct) / len(correct), "n": len(examples),
+            "completions": completions, "correct": correct}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _nll_sum(graphdef, state, tokens, attention_mask, mask):
+    model = nnx.merge(graphdef, state)
+    logits = model(tokens, attention_mask=attention_mask)
+    lp = token_log_probs(logits[:, :-1], tokens[:, 1:])
+    m = mask[:, 1:] != 0
+    return jnp.where(m, -lp, 0.0), m  # summed on the host in float64
+
+
+def perplexity(model: nnx.Module, batches: Iterable[Any], mask: str = "answer") -> float:
+    """``exp(mean NLL)`` of the next-token targets selected by ``mask``.
+
+    Args:
+      batches: `make_batch` dicts (or `bitscale.data.Batch` objects); ``logits[:, t]`` predicts
+        ``tokens[:, t + 1]``, counted where ``<mask>_mask[:, t + 1]`` is 1.
+      mask: ``answer`` (target + EOS), ``full`` (every real token after BOS) or ``loss``
+        (the batch's ``loss_mask``).
+    Returns:
+      float perplexity: per-token NLLs are float32, their sum is float64 on the host.
+    """
+    if mask not in ("answer", "full", "loss"):
+        raise ValueError(f"perplexity: mask must be 'answer', 'full' or 'loss', got {mask!r}")
+    graphdef, state = nnx.split(model)
+    total, count = 0.0, 0.0
+    for batch in batches:
+        arrays: Mapping[str, Any] = getattr(batch, "arrays", batch)
+        tokens = jnp.asarray(arrays["tokens"], jnp.int32)
+        s, c = _nll_sum(graphdef, state, tokens, jnp.asarray(arrays["full_mask"], jnp.int32),
+                        jnp.asarray(arrays[f"{mask}_mask"], jnp.int32))
+        total += float(np.sum(np.asarray(s, np.float64)))
+        count += float(np.sum(np.asarray(c)))
+    if count == 0:
+        raise ValueError("perplexity: no masked target tokens in the batches")
+    return math.exp(total / count)
