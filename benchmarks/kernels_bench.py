@@ -12,8 +12,6 @@ Pallas lowering, so the XLA reference path runs and the table says so. Matmul ke
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +19,7 @@ import jax.numpy as jnp
 import pallas_kernels as pk
 from bitscale.numerics import qarray as Q
 
-
-def median_time(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from bench_util import median_time
 
 
 def main() -> None:

@@ -20,9 +20,6 @@ References:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -31,20 +28,12 @@ import bitscale as bs
 from pallas_kernels.packed_matmul import packed_matmul
 from pallas_kernels.qmatmul import qmatmul
 
+from bench_util import median_time
+
 PACKED_SPECS = ("int4@g128", "int8@channel", "mxfp4", "nvfp4")
 QMATMUL_SPECS = (("mxfp4", "mxfp4", "mxfp8_e4m3"), ("nvfp4", "nvfp4", "nvfp4"),
                  ("int8@g32", "int8@g32", "int8@g32"))
 BATCHES = (1, 2, 4, 8, 16)
-
-
-def median_time(fn: Callable, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def nbytes(*arrays) -> int:

@@ -10,13 +10,13 @@ rounding <= 2x its nearest-even counterpart.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 import bitscale as bs
+
+from bench_util import median_time
 
 CASES = [
     ("fp8_e4m3", "nearest", "element", 1.5),
@@ -32,16 +32,6 @@ CASES = [
 ]
 
 
-def median_time(fn, x, repeats: int) -> float:
-    fn(x).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(x).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
@@ -51,13 +41,13 @@ def main() -> None:
     x = jax.random.normal(jax.random.key(0), (args.size, args.size), jnp.float32)
     key = jax.random.key(1)
     baseline = jax.jit(lambda a: a.astype(jnp.float8_e4m3fn).astype(jnp.float32))
-    t_base = median_time(baseline, x, args.repeats)
+    t_base = median_time(baseline, x, repeats=args.repeats)
 
     times = {}
     for spec, rounding, _, _ in CASES:
         fn = jax.jit(lambda a, s=spec, r=rounding: bs.fake_quant(
             a, s, rounding=r, key=key if r == "stochastic" else None))
-        times[(spec, rounding)] = median_time(fn, x, args.repeats)
+        times[(spec, rounding)] = median_time(fn, x, repeats=args.repeats)
 
     print(f"backend: {jax.default_backend()}  array: {args.size}x{args.size} float32  "
           f"baseline (XLA f8 round trip): {t_base * 1e3:.2f} ms")
