@@ -1,0 +1,101 @@
+"""Orbax checkpoints of a training state pytree plus JSON metadata (step, data position).
+
+The state is saved as a flat dict of its leaves (``leaf_00000`` ...) so that any pytree (NNX
+`State`, optax NamedTuples, raw key data) round-trips bit-exactly; the leaves' key paths, shapes
+and dtypes go into the metadata and are checked on restore, so a checkpoint written for another
+model or optimizer fails with an error that names the directory instead of restoring garbage.
+
+References:
+  orbax-checkpoint `CheckpointManager` (Composite of StandardSave / JsonSave).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = ["CheckpointError", "Checkpointer"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that cannot be restored into the current run's state."""
+
+
+def _describe(tree: Any) -> tuple[list[str], list[tuple[int, ...]], list[str], Any]:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [jax.tree_util.keystr(p) for p, _ in leaves]
+    shapes = [tuple(int(d) for d in np.shape(x)) for _, x in leaves]
+    dtypes = [str(np.dtype(x.dtype)) for _, x in leaves]
+    return paths, shapes, dtypes, treedef
+
+
+class Checkpointer:
+    """Saves/restores ``(state, metadata)`` every ``every`` steps under ``directory``."""
+
+    def __init__(self, directory: str, *, max_to_keep: int = 3):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+        try:
+            self._mngr = ocp.CheckpointManager(self.directory, options=options)
+        except Exception as e:
+            raise CheckpointError(f"cannot open checkpoint directory {self.directory}: "
+                                  f"{type(e).__name__}: {e}") from e
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mngr.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Saves ``state`` (any pytree of arrays) and JSON-able ``meta`` as checkpoint ``step``."""
+        leaves = jax.tree_util.tree_leaves(state)
+        paths, shapes, dtypes, _ = _describe(state)
+        meta = dict(meta, step=int(step), paths=paths, shapes=shapes, dtypes=dtypes)
+        items = {f"leaf_{i:05d}": x for i, x in enumerate(leaves)}
+        self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(items),
+                                                      meta=ocp.args.JsonSave(meta)))
+
+    def restore(self, step: int, like: Any, shardings: Any = None) -> tuple[Any, dict]:
+        """Restores checkpoint ``step`` into the structure of ``like`` (placed as ``shardings``)."""
+        where = os.path.join(self.directory, str(step))
+        try:
+            meta = self._mngr.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            raise CheckpointError(f"corrupt or unreadable checkpoint {where}: metadata does not "
+                                  f"load ({type(e).__name__}: {e})") from e
+        paths, shapes, dtypes, treedef = _describe(like)
+        got = (meta.get("paths"), [tuple(s) for s in meta.get("shapes") or []],
+               meta.get("dtypes"))
+        if got != (paths, shapes, dtypes):
+            diff = next((f"{a} {sa} {da} (checkpoint) vs {b} {sb} {db} (run)"
+                         for a, sa, da, b, sb, db in zip(got[0] or [], got[1], got[2] or [],
+                                                         paths, shapes, dtypes)
+                         if (a, sa, da) != (b, sb, db)),
+                        f"{len(got[0] or [])} leaves (checkpoint) vs {len(paths)} (run)")
+            raise CheckpointError(f"checkpoint {where} does not match this run's state "
+                                  f"(model/optimizer config changed?): first difference: {diff}")
+        like_leaves = jax.tree_util.tree_leaves(like)
+        shard_leaves = (jax.tree_util.tree_leaves(shardings) if shardings is not None
+                        else [getattr(x, "sharding", None) for x in like_leaves])
+        target = {f"leaf_{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
+                  for i, (x, s) in enumerate(zip(like_leaves, shard_leaves))}
+        try:
+            items = self._mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target)))["state"]
+        except Exception as e:
+            raise CheckpointError(f"corrupt or unreadable checkpoint {where}: arrays do not load "
+                                  f"({type(e).__name__}: {e})") from e
+        leaves = [items[f"leaf_{i:05d}"] for i in range(len(like_leaves))]
+        return jax.tree_util.tree_unflatten(treedef, leaves), meta
+
+    def wait(self) -> None:
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mngr.close()
