@@ -17,24 +17,22 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from absl import logging
 
 __all__ = ["MetricsWriter", "Progress", "read_metrics"]
 
 
 def _tb_writer(logdir: str):
-    """A `flax.metrics.tensorboard.SummaryWriter` if it imports (it needs TensorFlow), else None."""
-    try:
-        from flax.metrics import tensorboard
-        return tensorboard.SummaryWriter(logdir)
-    except Exception as e:  # noqa: BLE001 - ImportError from tensorflow, or anything else
-        logging.warning("TensorBoard event files disabled (%s: %s); metrics go to JSONL only.",
-                        type(e).__name__, e)
-        return None
+    """A TensorBoard event-file writer (tensorboardX, which needs no TensorFlow)."""
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(logdir)
 
 
 class MetricsWriter:
-    """Appends metric rows to ``<workdir>/metrics.jsonl`` (and TensorBoard if available)."""
+    """Appends metric rows to ``<workdir>/metrics.jsonl`` and TensorBoard events in ``<workdir>/tb``.
+
+    On resume the TensorBoard directory receives a new event file; TensorBoard shows the steps
+    logged twice by a killed run once each (the later value wins).
+    """
 
     def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
         os.makedirs(workdir, exist_ok=True)
@@ -53,7 +51,7 @@ class MetricsWriter:
         self._f.flush()
         if self._tb is not None:
             for k, v in metrics.items():
-                self._tb.scalar(k, float(v), int(step))
+                self._tb.add_scalar(k, float(v), int(step))
 
     def close(self) -> None:
         self._f.close()
