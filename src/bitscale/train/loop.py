@@ -166,11 +166,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg, *, state_sh
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
-def _make_task(cfg):
+def make_task(cfg):
+    """The training task named by ``cfg.data`` (the same object evaluation must use)."""
     if cfg.data.task != "arithmetic":
         raise ValueError(f"data.task must be 'arithmetic' (only built-in task wired so far), "
                          f"got {cfg.data.task!r}")
-    return bdata.Arithmetic(digits=int(cfg.data.digits))
+    ops = tuple(cfg.data.get("ops", ())) or bdata.Arithmetic().ops
+    return bdata.Arithmetic(digits=int(cfg.data.digits), ops=ops)
 
 
 def _stack(arrays: dict, accum: int) -> dict:
@@ -178,8 +180,11 @@ def _stack(arrays: dict, accum: int) -> dict:
             for k in BATCH_FIELDS}
 
 
-def train(config, workdir: str, *, mesh: Mesh | None = None) -> dict:
+def train(config, workdir: str, *, mesh: Mesh | None = None,
+          on_step: Callable[[int, dict], None] | None = None) -> dict:
     """Trains (or resumes) the run in ``workdir``; returns the final state and last metrics.
+
+    ``on_step(step, metrics)`` is called as each step's metrics reach the host (one step late).
 
     Returns:
       dict with ``step`` (updates done), ``state`` (`TrainState`), ``metrics`` (last step's, as
@@ -209,7 +214,7 @@ def train(config, workdir: str, *, mesh: Mesh | None = None) -> dict:
     writer = MetricsWriter(workdir, resume_step=start)
     progress = Progress(t.steps, start, enabled=t.progress)
     tok = bdata.CharTokenizer()
-    stream = bdata.batches(_make_task(cfg), cfg.data.split, t.batch_size, int(cfg.seed), tok,
+    stream = bdata.batches(make_task(cfg), cfg.data.split, t.batch_size, int(cfg.seed), tok,
                            max_prompt_len=cfg.data.max_prompt_len, max_len=cfg.data.max_len,
                            start=position, loss_on=cfg.data.loss_on)
     last: dict = {}
@@ -224,6 +229,8 @@ def train(config, workdir: str, *, mesh: Mesh | None = None) -> dict:
         if s == 1 or s % t.log_every == 0 or s == t.steps:
             writer.write(s, m)
         progress.update(s, m["loss"])
+        if on_step is not None:
+            on_step(s, m)
         last.clear()
         last.update(m)
 

@@ -1,0 +1,73 @@
+"""`make demo` config: a ~3M-parameter char-level Llama on 2-digit arithmetic with worked steps.
+
+Used by `python -m bitscale.demo` (precision vs accuracy): every recipe trains this exact config
+(same data, seeds and steps) with only ``policy`` changed; the per-recipe files
+``configs/{fp32,bf16,fp8,mxfp4,int4_g128}.py`` are this config with their policy.
+
+    python -m bitscale.train --config=configs/demo.py --workdir=/tmp/demo_fp32
+
+Sizes are multiples of 128 so every named policy applies (``int4@g128`` groups run along the
+contraction axis: hidden 256 and intermediate 768).
+
+Note: the training loop builds ``Arithmetic(digits=data.digits)`` with the task's default ops, so
+the training and test problems mix ``+``, ``-`` and ``*``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from bitscale.nn import ModelConfig
+
+DEMO = ModelConfig(
+    arch="llama",
+    vocab_size=128,          # CharTokenizer uses ids < 100
+    hidden_size=256,
+    intermediate_size=768,
+    num_layers=4,
+    num_heads=8,
+    num_kv_heads=4,
+    max_position_embeddings=256,
+    rope_theta=10000.0,
+)
+
+
+def get_config(policy: str = "fp32") -> ml_collections.ConfigDict:
+    """The demo model and run settings with ``policy`` (locked)."""
+    cfg = ml_collections.ConfigDict()
+    cfg.model = DEMO
+    cfg.policy = policy
+    cfg.seed = 0
+
+    cfg.data = ml_collections.ConfigDict()
+    cfg.data.task = "arithmetic"
+    cfg.data.digits = 2
+    cfg.data.split = "train"
+    cfg.data.max_prompt_len = 24
+    cfg.data.ops = ("+",)
+    cfg.data.max_len = 96                # 2-digit addition with worked steps: at most 92 tokens
+    cfg.data.loss_on = "answer"
+
+    cfg.optim = ml_collections.ConfigDict()
+    cfg.optim.lr = 3e-3
+    cfg.optim.warmup_steps = 30
+    cfg.optim.end_lr_ratio = 0.1
+    cfg.optim.b1 = 0.9
+    cfg.optim.b2 = 0.95
+    cfg.optim.weight_decay = 0.01
+    cfg.optim.clip_norm = 1.0
+    cfg.optim.lr_scales = ()
+    cfg.optim.master_spec = ""
+
+    cfg.train = ml_collections.ConfigDict()
+    cfg.train.batch_size = 16
+    cfg.train.grad_accum = 1
+    cfg.train.steps = 300
+    cfg.train.log_every = 5
+    cfg.train.checkpoint_every = 100000  # only the final state is saved
+    cfg.train.max_to_keep = 1
+    cfg.train.stop_after = 0
+    cfg.train.debug_nan_at_step = 0
+    cfg.train.progress = True
+    cfg.lock()
+    return cfg
