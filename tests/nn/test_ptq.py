@@ -78,8 +78,8 @@ def test_packed_matmul_implementations():
         bn.packed_matmul(x, q, implementation="cuda")
 
 
-def test_ptq_rejects_non_weight_only_policies(model):
+def test_ptq_rejects_non_weight_only_policies(model, tmp_path):
     with pytest.raises(ValueError, match="not weight-only"):
         bn.quantize_weights(model, "int8")
     with pytest.raises(ValueError, match="packed QArray"):
-        bn.to_hf(bn.quantize_weights(model, "int4@g128"), "/tmp/never_written")
+        bn.to_hf(bn.quantize_weights(model, "int4@g128"), str(tmp_path / "never_written"))

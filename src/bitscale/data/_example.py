@@ -7,6 +7,8 @@ References:
 
 from __future__ import annotations
 
+import abc
+
 import dataclasses
 import hashlib
 import re
@@ -88,7 +90,7 @@ def _check_split_args(split: str, seed: int, index: int) -> None:
         raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
 
 
-class TaskBase:
+class TaskBase(abc.ABC):
     """Mixin: `example`/`generate` from a task's ``_sample(rng) -> (canonical, Example)``.
 
     Example ``index`` of (split, seed) is drawn from its own generator seeded by (seed, split, index),
@@ -100,8 +102,9 @@ class TaskBase:
     name: ClassVar[str] = "task"
     test_fraction: float
 
+    @abc.abstractmethod
     def _sample(self, rng: np.random.Generator) -> tuple[str, Example]:
-        raise NotImplementedError
+        """One random problem: (canonical string that decides the split, the example)."""
 
     def example(self, split: str, seed: int, index: int) -> Example:
         """The `index`-th example of `split` for `seed` (deterministic)."""
