@@ -1,16 +1,14 @@
-"""`make demo` config: a ~3M-parameter char-level Llama on 2-digit arithmetic with worked steps.
+"""Precision-study config: a ~3M-parameter char-level Llama on 2-digit addition with worked steps.
 
-Used by `python -m bitscale.demo` (precision vs accuracy): every recipe trains this exact config
-(same data, seeds and steps) with only ``policy`` changed; the per-recipe files
+Used by `python -m bitscale.precision_study` (precision vs accuracy): every recipe trains this
+exact config (same data, seeds and steps) with only ``policy`` changed; the per-recipe files
 ``configs/{fp32,bf16,fp8,mxfp4,int4_g128}.py`` are this config with their policy.
 
     python -m bitscale.train --config=configs/demo.py --workdir=/tmp/demo_fp32
 
 Sizes are multiples of 128 so every named policy applies (``int4@g128`` groups run along the
-contraction axis: hidden 256 and intermediate 768).
-
-Note: the training loop builds ``Arithmetic(digits=data.digits)`` with the task's default ops, so
-the training and test problems mix ``+``, ``-`` and ``*``.
+contraction axis: hidden 256 and intermediate 768). The step budget is not tuned yet: 300 steps
+reach about 5% greedy accuracy in fp32 (see the closing notes / README).
 """
 
 from __future__ import annotations
