@@ -1,4 +1,4 @@
-"""The `make demo` config (configs/demo.py) with the ``bf16`` precision policy.
+"""The precision-study config (configs/demo.py) with the ``bf16`` precision policy.
 
     python -m bitscale.train --config=configs/bf16.py --workdir=/tmp/demo_bf16
 """

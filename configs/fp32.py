@@ -1,4 +1,4 @@
-"""The `make demo` config (configs/demo.py) with the ``fp32`` (baseline) precision policy.
+"""The precision-study config (configs/demo.py) with the ``fp32`` (baseline) precision policy.
 
     python -m bitscale.train --config=configs/fp32.py --workdir=/tmp/demo_fp32
 """

@@ -1,4 +1,4 @@
-"""The `make demo` config (configs/demo.py) with the ``fp8`` precision policy.
+"""The precision-study config (configs/demo.py) with the ``fp8`` precision policy.
 
     python -m bitscale.train --config=configs/fp8.py --workdir=/tmp/demo_fp8
 """

@@ -1,4 +1,4 @@
-"""The `make demo` config (configs/demo.py) with the ``int4@g128`` precision policy.
+"""The precision-study config (configs/demo.py) with the ``int4@g128`` precision policy.
 
     python -m bitscale.train --config=configs/int4_g128.py --workdir=/tmp/demo_int4_g128
 """

@@ -1,4 +1,4 @@
-"""The `make demo` config (configs/demo.py) with the ``mxfp4`` precision policy.
+"""The precision-study config (configs/demo.py) with the ``mxfp4`` precision policy.
 
     python -m bitscale.train --config=configs/mxfp4.py --workdir=/tmp/demo_mxfp4
 """

@@ -198,7 +198,7 @@ def _float_scaled_groups(xg, spec: QuantSpec, rand, sc: S.FloatScales, want_code
     if isinstance(fmt, TernaryFormat):
         qmin, qmax, zp = -1, 1, None
     elif spec.int_range == "asymmetric":
-        qmin, qmax, zp = S.asym_qmin(fmt), S.asym_qmax(fmt), sc.zero_point
+        qmin, qmax, zp = 0, S.asym_qmax(fmt), sc.zero_point
     elif spec.int_range == "full":
         qmin, qmax, zp = fmt.qmin, fmt.qmax, None
     else:

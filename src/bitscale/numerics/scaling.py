@@ -195,9 +195,9 @@ def float_scales(xg: jax.Array, amax: jax.Array, spec: QuantSpec,
     fmt = spec.elem
     if isinstance(fmt, IntFormat) and spec.int_range == "asymmetric":
         lo, hi = lo_hi
-        scale = B.exact_div(hi - lo, float(fmt_span(fmt)))
+        scale = B.exact_div(hi - lo, float(asym_qmax(fmt)))
         scale = cast_scale(jnp.maximum(scale, jnp.float32(F32_SMALLEST_NORMAL)), spec)
-        zp = jnp.clip(asym_qmin(fmt) - jnp.round(B.exact_div(lo, scale)), asym_qmin(fmt), asym_qmax(fmt))
+        zp = jnp.clip(-jnp.round(B.exact_div(lo, scale)), 0, asym_qmax(fmt))
         zp = jnp.where(jnp.isnan(scale), 0, zp)  # NaN groups: a defined zero point
         return FloatScales(1.0 / scale, scale, zp.astype(I32))
     ratio = B.exact_div(amax, elem_range(spec))
@@ -211,15 +211,8 @@ def float_scales(xg: jax.Array, amax: jax.Array, spec: QuantSpec,
     return FloatScales(1.0 / s_b, s_b, None, s_b)
 
 
-def fmt_span(fmt: IntFormat) -> int:
-    return 2**fmt.bits - 1
-
-
-def asym_qmin(fmt: IntFormat) -> int:
-    return 0
-
-
 def asym_qmax(fmt: IntFormat) -> int:
+    """Largest code of asymmetric (unsigned, zero-point) integers; the smallest is 0."""
     return 2**fmt.bits - 1
 
 
