@@ -46,6 +46,18 @@ def get_config(policy: str = "fp32") -> ml_collections.ConfigDict:
     cfg.data.max_len = 96                # 2-digit addition with worked steps: at most 92 tokens
     cfg.data.loss_on = "answer"
 
+    cfg.loss = ml_collections.ConfigDict()
+    cfg.loss.kind = "ce"                 # "ce" | "dco" (pass@N-aware, bitscale.train.dco_loss)
+    cfg.loss.dco_n = 1                   # N of DCO
+    cfg.loss.masked_thought_rate = 0.0   # > 0: Masked Thought input masking of answer tokens
+    cfg.loss.masked_thought_ramp = 0.0   # fraction of train.steps over which the rate ramps up
+    cfg.loss.mask_id = 0                 # token written over masked inputs (CharTokenizer PAD)
+
+    cfg.mesh = ml_collections.ConfigDict()  # (data, fsdp, tensor); -1: all remaining devices
+    cfg.mesh.data = -1
+    cfg.mesh.fsdp = 1
+    cfg.mesh.tensor = 1
+
     cfg.optim = ml_collections.ConfigDict()
     cfg.optim.lr = 3e-3
     cfg.optim.warmup_steps = 30

@@ -49,8 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model = TINY
     cfg.policy = "fp32"
     cfg.seed = 0
-    cfg.batch_size = 2
-    cfg.seq_len = 32
 
     # Training run (`python -m bitscale.train --config=configs/tiny.py --workdir=...`): the tiny
     # model on 2-digit arithmetic with worked steps; ~200 steps train in well under a minute on CPU.
@@ -61,6 +59,18 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.data.max_prompt_len = 24
     cfg.data.max_len = 128
     cfg.data.loss_on = "answer"          # "answer" | "full"
+
+    cfg.loss = ml_collections.ConfigDict()
+    cfg.loss.kind = "ce"                 # "ce" | "dco" (pass@N-aware, bitscale.train.dco_loss)
+    cfg.loss.dco_n = 1                   # N of DCO
+    cfg.loss.masked_thought_rate = 0.0   # > 0: Masked Thought input masking of answer tokens
+    cfg.loss.masked_thought_ramp = 0.0   # fraction of train.steps over which the rate ramps up
+    cfg.loss.mask_id = 0                 # token written over masked inputs (CharTokenizer PAD)
+
+    cfg.mesh = ml_collections.ConfigDict()  # (data, fsdp, tensor); -1: all remaining devices
+    cfg.mesh.data = -1
+    cfg.mesh.fsdp = 1
+    cfg.mesh.tensor = 1
 
     cfg.optim = ml_collections.ConfigDict()
     cfg.optim.lr = 3e-3

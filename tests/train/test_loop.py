@@ -138,9 +138,20 @@ def test_mismatched_checkpoint_gives_clear_error(full_run, tmp_path):
     shutil.copytree(workdir_a, workdir)
     cfg = small_config()
     cfg.optim.master_spec = "bf16"  # adds optimizer state the checkpoint lacks
+    with pytest.raises(CheckpointError, match=r"config .* changed.*optim\.master_spec"):
+        train(cfg, workdir)  # the saved config.json catches it first
+    os.remove(os.path.join(workdir, "config.json"))  # a workdir without one: the state check
     with pytest.raises(CheckpointError, match=r"does not match this run's state") as e:
         train(cfg, workdir)
     assert os.path.join(workdir, "checkpoints") in str(e.value)
+
+
+def test_resume_with_changed_schedule_fails(full_run, tmp_path):
+    workdir_a, _ = full_run
+    workdir = str(tmp_path / "steps")
+    shutil.copytree(workdir_a, workdir)
+    with pytest.raises(CheckpointError, match=r"train\.steps: 12 -> 20"):
+        train(small_config(steps=20), workdir)
 
 
 def _cli(*args, cwd):

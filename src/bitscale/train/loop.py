@@ -13,6 +13,8 @@ parameters after ``s - 1`` updates; checkpoint ``s`` holds the state after ``s``
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable
@@ -29,15 +31,22 @@ from jax.sharding import PartitionSpec as P
 
 from bitscale import data as bdata
 from bitscale import nn as bnn
-from bitscale.train.checkpoint import Checkpointer
-from bitscale.train.losses import token_cross_entropy
+from bitscale.train.checkpoint import CheckpointError, Checkpointer
+from bitscale.train.losses import dco_loss, masked_thought, ramped_rate, token_cross_entropy
 from bitscale.train.metrics import MetricsWriter, Progress
 from bitscale.train.qat import low_precision_master, scale_by_precision
 
-__all__ = ["TrainState", "create_train_state", "make_optimizer", "make_schedule",
-           "make_train_step", "train"]
+__all__ = ["TASKS", "TrainState", "check_resume_config", "create_train_state", "make_mesh",
+           "make_optimizer", "make_schedule", "make_task", "make_train_step", "train"]
 
-BATCH_FIELDS = ("tokens", "loss_mask", "full_mask")
+BATCH_FIELDS = ("tokens", "loss_mask", "full_mask", "answer_mask")
+TASKS = {"arithmetic": bdata.Arithmetic, "countdown": bdata.Countdown,
+         "modular": bdata.ModularArithmetic}
+LOSSES = ("ce", "dco")
+# Config keys that may change between a run and its resumption (they do not change the result).
+RESUMABLE_KEYS = ("train.stop_after", "train.progress", "train.log_every",
+                  "train.checkpoint_every", "train.max_to_keep", "train.debug_nan_at_step")
+_MT_STREAM = 0x4D54  # fold_in constant separating Masked Thought draws from rounding keys
 
 
 class TrainState(NamedTuple):
@@ -117,28 +126,78 @@ def create_train_state(cfg, mesh: Mesh):
     return graphdef, tx, jax.device_put(state, shardings), shardings
 
 
+def loss_settings(cfg) -> dict:
+    """The ``cfg.loss`` section with defaults (plain cross-entropy when the section is absent).
+
+    Keys: ``kind`` (``ce``: token cross-entropy averaged over the step's masked tokens; ``dco``:
+    the DCO pass@N loss of each sequence's masked tokens, averaged over sequences),
+    ``dco_n`` (N of DCO), ``masked_thought_rate`` (final Masked Thought input-masking rate of
+    answer tokens; 0 disables), ``masked_thought_ramp`` (fraction of ``train.steps`` over which
+    the rate ramps up linearly from 0) and ``mask_id`` (token written over masked inputs; default
+    the tokenizer's PAD).
+    """
+    section = cfg.get("loss", None)
+    out = {"kind": "ce", "dco_n": 1, "masked_thought_rate": 0.0, "masked_thought_ramp": 0.0,
+           "mask_id": bdata.PAD_ID}
+    if section is not None:
+        unknown = sorted(set(section.keys()) - set(out))
+        if unknown:
+            raise ValueError(f"unknown cfg.loss keys {unknown}; valid: {sorted(out)}")
+        out.update({k: section[k] for k in section.keys()})
+    if out["kind"] not in LOSSES:
+        raise ValueError(f"loss.kind must be one of {LOSSES}, got {out['kind']!r}")
+    if int(out["dco_n"]) < 1:
+        raise ValueError(f"loss.dco_n must be >= 1, got {out['dco_n']}")
+    if not 0.0 <= float(out["masked_thought_rate"]) < 1.0:
+        raise ValueError(f"loss.masked_thought_rate must be in [0, 1), got "
+                         f"{out['masked_thought_rate']}")
+    if not 0.0 <= float(out["masked_thought_ramp"]) <= 1.0:
+        raise ValueError(f"loss.masked_thought_ramp must be in [0, 1], got "
+                         f"{out['masked_thought_ramp']}")
+    return out
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, cfg, *, state_shardings,
                     mesh: Mesh) -> Callable:
     """``step(state, batch) -> (state, metrics)``, jitted once, ``state`` donated.
 
-    ``batch`` holds ``tokens``, ``loss_mask``, ``full_mask`` shaped ``[grad_accum, micro, T]``
-    (int32). Loss: next-token cross-entropy over ``loss_mask[..., 1:]``, averaged over all masked
-    tokens of the step (so accumulation equals one big batch up to summation order).
+    ``batch`` holds ``tokens``, ``loss_mask``, ``full_mask``, ``answer_mask`` shaped
+    ``[grad_accum, micro, T]`` (int32). Loss (`loss_settings`): next-token cross-entropy over
+    ``loss_mask[..., 1:]`` averaged over all masked tokens of the step (so accumulation equals
+    one big batch up to summation order), or DCO averaged over the step's sequences. With
+    Masked Thought, answer tokens of the *inputs* are replaced by ``mask_id`` at the ramped rate
+    (targets unchanged); its draws use a key stream separate from stochastic rounding.
+
+    References:
+      Chen et al., "Rethinking Fine-Tuning when Scaling Test-Time Compute", arXiv:2502.07154
+        (DCO); Chen et al., "Masked Thought", arXiv:2403.02178.
     """
     accum = int(cfg.train.grad_accum)
     micro = int(cfg.train.batch_size) // accum
     nan_at = int(cfg.train.debug_nan_at_step)
     schedule = make_schedule(cfg)
+    ls = loss_settings(cfg)
+    dco_n, mt_rate = int(ls["dco_n"]), float(ls["masked_thought_rate"])
 
     def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         n_tok = jnp.maximum(jnp.sum(batch["loss_mask"][..., 1:].astype(jnp.float32)), 1.0)
+        n_seq = jnp.float32(accum * micro)
+        rate = ramped_rate(state.step, int(cfg.train.steps), mt_rate,
+                           float(ls["masked_thought_ramp"]))
 
         def micro_loss(params, mb, key):
             model = nnx.merge(graphdef, params)
-            logits = model(mb["tokens"], attention_mask=mb["full_mask"], key=key)
+            inputs = mb["tokens"]
+            if mt_rate > 0:
+                inputs, _ = masked_thought(inputs, mb["answer_mask"],
+                                           jax.random.fold_in(key, _MT_STREAM), rate,
+                                           mask_id=int(ls["mask_id"]))
+            logits = model(inputs, attention_mask=mb["full_mask"], key=key)
             _, per_seq = token_cross_entropy(logits[:, :-1], mb["tokens"][:, 1:],
                                              mb["loss_mask"][:, 1:])
+            if ls["kind"] == "dco":
+                return jnp.sum(dco_loss(-per_seq, dco_n)) / n_seq
             return jnp.sum(per_seq) / n_tok
 
         grad_fn = jax.value_and_grad(micro_loss)
@@ -167,12 +226,85 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg, *, state_sh
 
 
 def make_task(cfg):
-    """The training task named by ``cfg.data`` (the same object evaluation must use)."""
-    if cfg.data.task != "arithmetic":
-        raise ValueError(f"data.task must be 'arithmetic' (only built-in task wired so far), "
-                         f"got {cfg.data.task!r}")
-    ops = tuple(cfg.data.get("ops", ())) or bdata.Arithmetic().ops
-    return bdata.Arithmetic(digits=int(cfg.data.digits), ops=ops)
+    """The training task named by ``cfg.data.task`` (the same object evaluation must use).
+
+    Keys of ``cfg.data`` that are fields of the task's dataclass (``digits``, ``ops``,
+    ``n_numbers``, ``modulus``, ...) are passed to it; an empty ``ops`` keeps the task's default.
+    """
+    name = cfg.data.task
+    if name not in TASKS:
+        raise ValueError(f"data.task must be one of {sorted(TASKS)}, got {name!r}")
+    cls = TASKS[name]
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in cfg.data:
+            v = cfg.data[f.name]
+            if isinstance(v, (list, tuple)):
+                if not v:
+                    continue
+                v = tuple(v)
+            kw[f.name] = v
+    return cls(**kw)
+
+
+def make_mesh(cfg) -> Mesh:
+    """The (data, fsdp, tensor) mesh of ``cfg.mesh`` (all devices on ``data`` if absent)."""
+    m = cfg.get("mesh", None)
+    if m is None:
+        return bnn.make_mesh()
+    return bnn.make_mesh(int(m.data), int(m.fsdp), int(m.tensor))
+
+
+def _plain(x):
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict) or hasattr(x, "items"):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return repr(x)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_resume_config(cfg, workdir: str, resuming: bool) -> None:
+    """Refuses to resume a run whose config changed (other than `RESUMABLE_KEYS`).
+
+    A run that starts from scratch writes ``<workdir>/config.json``; a resumed run compares
+    against it, so e.g. changing ``train.steps`` (which reshapes the LR schedule) or the policy
+    fails instead of silently giving a different run. Delete the file to resume deliberately
+    with a new config (it is then rewritten).
+    """
+    path = os.path.join(workdir, "config.json")
+    now = _flatten(_plain(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg))
+    if not resuming or not os.path.exists(path):
+        with open(path, "w") as f:
+            json.dump(now, f, indent=1, sort_keys=True)
+        return
+    try:
+        with open(path) as f:
+            before = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read the saved run config {path}: {e}") from e
+    diff = sorted(k for k in set(before) | set(now)
+                  if k not in RESUMABLE_KEYS and before.get(k, "<absent>") != now.get(k, "<absent>"))
+    if diff:
+        shown = ", ".join(f"{k}: {before.get(k, '<absent>')!r} -> {now.get(k, '<absent>')!r}"
+                          for k in diff[:8])
+        raise CheckpointError(f"the config of {workdir} changed since the run started ({shown}); "
+                         f"resume with the original config, use a new workdir, or delete {path} "
+                         f"to resume anyway (keys that may change: {list(RESUMABLE_KEYS)})")
 
 
 def _stack(arrays: dict, accum: int) -> dict:
@@ -193,18 +325,21 @@ def train(config, workdir: str, *, mesh: Mesh | None = None,
     Raises:
       FloatingPointError: non-finite loss or gradient norm at a step (named); nothing containing
         it is saved, the checkpoints on disk stay restorable.
-      bitscale.train.checkpoint.CheckpointError: a corrupt or mismatched checkpoint directory.
+      bitscale.train.checkpoint.CheckpointError: a corrupt or mismatched checkpoint directory, or
+        a resumed run whose config differs from the one it started with (`check_resume_config`).
     """
     cfg = config
     t = cfg.train
     if t.batch_size % t.grad_accum:
         raise ValueError(f"train.grad_accum={t.grad_accum} must divide "
                          f"train.batch_size={t.batch_size}")
-    mesh = mesh if mesh is not None else bnn.make_mesh()
+    loss_settings(cfg)  # validate before building anything
+    mesh = mesh if mesh is not None else make_mesh(cfg)
     os.makedirs(workdir, exist_ok=True)
     graphdef, tx, state, shardings = create_train_state(cfg, mesh)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=t.max_to_keep)
     start, position, resumed = 0, 0, ckpt.latest_step()
+    check_resume_config(cfg, workdir, resuming=resumed is not None)
     if resumed is not None:
         state, meta = ckpt.restore(resumed, state, shardings)
         start, position = int(meta["step"]), int(meta["position"])
