@@ -158,3 +158,24 @@ def test_countdown_worked_steps_correct():
                 pool.remove(lit)  # operands are available numbers or earlier results
             pool.append(int(rhs))
         assert pool == [int(e.answer)]
+
+
+def test_padded_arithmetic_fixed_width():
+    """pad=True: operands zero-padded to `digits`, `digits` columns worked, same answers."""
+    task = Arithmetic(digits=3, ops=("+", "-"), pad=True)
+    exs = task.generate("train", 500, 1)
+    assert len({len(e.prompt) for e in exs}) == 1  # "Compute ddd op ddd.\n"
+    for e in exs:
+        a, op, b = re.match(r"^Compute (\d{3}) ([-+]) (\d{3})\.\n$", e.prompt).groups()
+        a, b = int(a), int(b)
+        truth = a + b if op == "+" else a - b
+        *lines, last = e.target.split("\n")
+        assert last == f"#### {truth}" and task.check(e.target, e)
+        cols = [ln for ln in lines if "write" in ln]
+        assert len(cols) == 3
+        if op == "+":
+            assert _verify_columns(lines, a, b, _ADD, +1) == truth
+        elif a < b:
+            assert lines[0] == f"{a:03d} - {b:03d} = -({b:03d} - {a:03d})"
+    test = {e.prompt for e in task.generate("test", 500, 1)}
+    assert not test & {e.prompt for e in exs}

@@ -27,8 +27,8 @@ def _digits(x: int, width: int) -> list[int]:
     return [(x // 10**i) % 10 for i in range(width)]
 
 
-def _add_steps(a: int, b: int) -> list[str]:
-    width = max(len(str(a)), len(str(b)))
+def _add_steps(a: int, b: int, width: int = 0) -> list[str]:
+    width = max(len(str(a)), len(str(b)), width)
     lines, carry = [], 0
     for da, db in zip(_digits(a, width), _digits(b, width)):
         s = da + db + carry
@@ -37,9 +37,9 @@ def _add_steps(a: int, b: int) -> list[str]:
     return lines
 
 
-def _sub_steps(a: int, b: int) -> list[str]:
+def _sub_steps(a: int, b: int, width: int = 0) -> list[str]:
     """Column subtraction of a - b for a >= b >= 0, with borrows."""
-    width = len(str(a))
+    width = max(len(str(a)), width)
     lines, borrow = [], 0
     for da, db in zip(_digits(a, width), _digits(b, width)):
         s = da - db - borrow
@@ -57,14 +57,18 @@ def _mul_steps(a: int, b: int) -> list[str]:
     return lines
 
 
-def worked_steps(a: int, op: str, b: int) -> tuple[list[str], int]:
-    """The worked step lines and the exact result of ``a op b`` for a, b >= 0."""
+def worked_steps(a: int, op: str, b: int, width: int = 0) -> tuple[list[str], int]:
+    """The worked step lines and the exact result of ``a op b`` for a, b >= 0.
+
+    ``width``: column steps of ``+`` / ``-`` cover at least this many digits (leading zeros).
+    """
     if op == "+":
-        return _add_steps(a, b), a + b
+        return _add_steps(a, b, width), a + b
     if op == "-":
         if a >= b:
-            return _sub_steps(a, b), a - b
-        return [f"{a} - {b} = -({b} - {a})"] + _sub_steps(b, a), a - b
+            return _sub_steps(a, b, width), a - b
+        pa, pb = f"{a:0{width}d}", f"{b:0{width}d}"
+        return [f"{pa} - {pb} = -({pb} - {pa})"] + _sub_steps(b, a, width), a - b
     if op == "*":
         return _mul_steps(a, b), a * b
     raise ValueError(f"unsupported op {op!r}; expected one of {ARITHMETIC_OPS}")
@@ -76,11 +80,17 @@ class Arithmetic(TaskBase):
 
     Addition and subtraction are written column by column (least significant first) with carries or
     borrows; multiplication as partial products of each digit of ``b`` and their sum.
+
+    ``pad=True`` writes both operands zero-padded to ``digits`` (``Compute 07 + 42.``) and
+    always works ``digits`` columns for ``+`` / ``-``, so every digit sits at a fixed position,
+    which small models learn much faster (Lee et al., "Teaching Arithmetic to Small
+    Transformers", arXiv:2307.03381). The answer after ``####`` is the plain integer either way.
     """
 
     digits: int = 3
     ops: tuple[str, ...] = ARITHMETIC_OPS
     test_fraction: float = 0.2
+    pad: bool = False
     name: ClassVar[str] = "arithmetic"
 
     def __post_init__(self) -> None:
@@ -95,8 +105,9 @@ class Arithmetic(TaskBase):
         hi = 10**self.digits
         a, b = int(rng.integers(0, hi)), int(rng.integers(0, hi))
         op = self.ops[int(rng.integers(0, len(self.ops)))]
-        steps, result = worked_steps(a, op, b)
-        problem = f"{a} {op} {b}"
+        width = self.digits if self.pad else 0
+        steps, result = worked_steps(a, op, b, width)
+        problem = f"{a:0{width}d} {op} {b:0{width}d}"
         target = "\n".join(steps + [f"#### {result}"])
         return problem, Example(prompt=f"Compute {problem}.\n", target=target, answer=str(result))
 
