@@ -179,3 +179,41 @@ def test_padded_arithmetic_fixed_width():
             assert lines[0] == f"{a:03d} - {b:03d} = -({b:03d} - {a:03d})"
     test = {e.prompt for e in task.generate("test", 500, 1)}
     assert not test & {e.prompt for e in exs}
+
+
+def test_compact_arithmetic_steps_correct():
+    """style="compact": column lines ``da+db+c=s`` / ``da-db-b=s`` and partial products, exact."""
+    task = Arithmetic(digits=3, style="compact")
+    exs = task.generate("train", 600, 2)
+    verbose = {e.prompt: e for e in Arithmetic(digits=3).generate("train", 600, 2)}
+    assert set(verbose) == {e.prompt for e in exs}  # same problems, only the steps differ
+    for e in exs:
+        a, op, b = _PROMPT.match(e.prompt).groups()
+        a, b = int(a), int(b)
+        truth = a + b if op == "+" else a - b if op == "-" else a * b
+        *lines, last = e.target.split("\n")
+        assert last == f"#### {truth}" and task.check(e.target, e)
+        assert " " not in "".join(lines) and len(e.target) < len(verbose[e.prompt].target)
+        if op == "*":
+            for line in lines:
+                lhs, rhs = line.split("=")
+                assert parse_expression(lhs)[0] == int(rhs)
+            continue
+        if op == "-" and a < b:
+            assert lines[0] == f"{a}-{b}=-({b}-{a})"
+            lines, (a, b), sign = lines[1:], (b, a), -1
+        else:
+            sign = 1
+        total, carry = 0, 0
+        for i, line in enumerate(lines):
+            m = re.fullmatch(r"(\d)([-+])(\d)\2(\d)=(-?\d+)", line)
+            da, o, db, c, s = m.groups()
+            assert (int(da), int(db), int(c)) == (_digit(a, i), _digit(b, i), carry)
+            s = int(s)
+            assert s == (int(da) + int(db) + carry if o == "+" else int(da) - int(db) - carry)
+            carry = s // 10 if o == "+" else int(s < 0)
+            total += (s % 10) * 10**i
+        total += carry * 10**len(lines) if op == "+" else 0
+        assert sign * total == truth
+    with pytest.raises(ValueError, match=r"style must be one of .*'terse'"):
+        Arithmetic(style="terse")

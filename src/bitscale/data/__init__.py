@@ -5,7 +5,7 @@ and test disjoint by a hash of the canonical problem) and an exact ``check(compl
 that reads the answer after the last ``####``.
 """
 
-from bitscale.data._arithmetic import ARITHMETIC_OPS, Arithmetic, worked_steps
+from bitscale.data._arithmetic import ARITHMETIC_OPS, ARITHMETIC_STYLES, Arithmetic, worked_steps
 from bitscale.data._batching import BATCH_KEYS, Batch, batches, make_batch
 from bitscale.data._countdown import COUNTDOWN_OPS, Countdown, check_countdown
 from bitscale.data._example import (
@@ -32,7 +32,7 @@ from bitscale.data._tokenizer import (
 )
 
 __all__ = [
-    "ANSWER_MARK", "ARITHMETIC_OPS", "BATCH_KEYS", "BOS_ID", "CHARS", "COUNTDOWN_OPS", "EOS_ID",
+    "ANSWER_MARK", "ARITHMETIC_OPS", "ARITHMETIC_STYLES", "BATCH_KEYS", "BOS_ID", "CHARS", "COUNTDOWN_OPS", "EOS_ID",
     "MODULAR_OPS", "PAD_ID", "SPLITS", "Arithmetic", "Batch", "CharTokenizer", "Countdown",
     "Example", "HFTokenizer", "ModularArithmetic", "Task", "Tokenizer", "batches",
     "check_countdown", "check_int_answer", "extract_answer", "gsm8k_check", "load_gsm8k_jsonl",

@@ -20,6 +20,7 @@ from bitscale.data._example import (
 )
 
 ARITHMETIC_OPS = ("+", "-", "*")
+ARITHMETIC_STYLES = ("verbose", "compact")
 
 
 def _digits(x: int, width: int) -> list[int]:
@@ -27,50 +28,57 @@ def _digits(x: int, width: int) -> list[int]:
     return [(x // 10**i) % 10 for i in range(width)]
 
 
-def _add_steps(a: int, b: int, width: int = 0) -> list[str]:
+def _add_steps(a: int, b: int, width: int = 0, compact: bool = False) -> list[str]:
     width = max(len(str(a)), len(str(b)), width)
     lines, carry = [], 0
     for da, db in zip(_digits(a, width), _digits(b, width)):
         s = da + db + carry
-        lines.append(f"{da} + {db} + {carry} = {s}, write {s % 10} carry {s // 10}")
+        lines.append(f"{da}+{db}+{carry}={s}" if compact else
+                     f"{da} + {db} + {carry} = {s}, write {s % 10} carry {s // 10}")
         carry = s // 10
     return lines
 
 
-def _sub_steps(a: int, b: int, width: int = 0) -> list[str]:
+def _sub_steps(a: int, b: int, width: int = 0, compact: bool = False) -> list[str]:
     """Column subtraction of a - b for a >= b >= 0, with borrows."""
     width = max(len(str(a)), width)
     lines, borrow = [], 0
     for da, db in zip(_digits(a, width), _digits(b, width)):
         s = da - db - borrow
         nb = 1 if s < 0 else 0
-        lines.append(f"{da} - {db} - {borrow} = {s}, write {s % 10} borrow {nb}")
+        lines.append(f"{da}-{db}-{borrow}={s}" if compact else
+                     f"{da} - {db} - {borrow} = {s}, write {s % 10} borrow {nb}")
         borrow = nb
     return lines
 
 
-def _mul_steps(a: int, b: int) -> list[str]:
+def _mul_steps(a: int, b: int, compact: bool = False) -> list[str]:
     partials = [(a * d * 10**i, d * 10**i) for i, d in enumerate(_digits(b, len(str(b))))]
-    lines = [f"{a} * {m} = {p}" for p, m in partials]
+    sep = "" if compact else " "
+    lines = [f"{a}{sep}*{sep}{m}{sep}={sep}{p}" for p, m in partials]
     if len(partials) > 1:
-        lines.append(" + ".join(str(p) for p, _ in partials) + f" = {a * b}")
+        lines.append(f"{sep}+{sep}".join(str(p) for p, _ in partials) + f"{sep}={sep}{a * b}")
     return lines
 
 
-def worked_steps(a: int, op: str, b: int, width: int = 0) -> tuple[list[str], int]:
+def worked_steps(a: int, op: str, b: int, width: int = 0,
+                 compact: bool = False) -> tuple[list[str], int]:
     """The worked step lines and the exact result of ``a op b`` for a, b >= 0.
 
     ``width``: column steps of ``+`` / ``-`` cover at least this many digits (leading zeros).
+    ``compact``: the same steps without spaces or words (``5+8+0=13``: digit of ``a``, digit of
+    ``b``, carry in, column sum; the written digit and the carry out are implied).
     """
     if op == "+":
-        return _add_steps(a, b, width), a + b
+        return _add_steps(a, b, width, compact), a + b
     if op == "-":
         if a >= b:
-            return _sub_steps(a, b, width), a - b
+            return _sub_steps(a, b, width, compact), a - b
         pa, pb = f"{a:0{width}d}", f"{b:0{width}d}"
-        return [f"{pa} - {pb} = -({pb} - {pa})"] + _sub_steps(b, a, width), a - b
+        first = f"{pa}-{pb}=-({pb}-{pa})" if compact else f"{pa} - {pb} = -({pb} - {pa})"
+        return [first] + _sub_steps(b, a, width, compact), a - b
     if op == "*":
-        return _mul_steps(a, b), a * b
+        return _mul_steps(a, b, compact), a * b
     raise ValueError(f"unsupported op {op!r}; expected one of {ARITHMETIC_OPS}")
 
 
@@ -91,6 +99,7 @@ class Arithmetic(TaskBase):
     ops: tuple[str, ...] = ARITHMETIC_OPS
     test_fraction: float = 0.2
     pad: bool = False
+    style: str = "verbose"
     name: ClassVar[str] = "arithmetic"
 
     def __post_init__(self) -> None:
@@ -100,13 +109,16 @@ class Arithmetic(TaskBase):
             raise ValueError(f"Arithmetic: ops must be a non-empty subset of {ARITHMETIC_OPS}, "
                              f"got {self.ops}")
         check_test_fraction("Arithmetic", self.test_fraction)
+        if self.style not in ARITHMETIC_STYLES:
+            raise ValueError(f"Arithmetic: style must be one of {ARITHMETIC_STYLES}, got "
+                             f"{self.style!r}")
 
     def _sample(self, rng: np.random.Generator) -> tuple[str, Example]:
         hi = 10**self.digits
         a, b = int(rng.integers(0, hi)), int(rng.integers(0, hi))
         op = self.ops[int(rng.integers(0, len(self.ops)))]
         width = self.digits if self.pad else 0
-        steps, result = worked_steps(a, op, b, width)
+        steps, result = worked_steps(a, op, b, width, self.style == "compact")
         problem = f"{a:0{width}d} {op} {b:0{width}d}"
         target = "\n".join(steps + [f"#### {result}"])
         return problem, Example(prompt=f"Compute {problem}.\n", target=target, answer=str(result))
