@@ -142,3 +142,21 @@ def test_mesh_from_config():
     cfg.mesh.tensor = 3
     with pytest.raises(ValueError, match="devices"):
         loop.make_mesh(cfg)
+
+
+def test_restore_model_from_a_run(tmp_path):
+    cfg = tiny_config()
+    cfg.train.steps = 2
+    out = loop.train(cfg, str(tmp_path))
+    model, step = loop.restore_model(cfg, str(tmp_path))
+    assert step == 2
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
+                    jax.tree.leaves(out["state"].params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    bf, _ = loop.restore_model(cfg, str(tmp_path / "checkpoints"), policy="bf16")
+    assert bf.policy.name == "bf16"
+    assert {str(x.dtype) for x in jax.tree.leaves(nnx.state(bf, nnx.Param))} == {"bfloat16"}
+    with pytest.raises(loop.CheckpointError, match=r"no checkpoint for step 7 .*available: \[2\]"):
+        loop.restore_model(cfg, str(tmp_path), step=7)
+    with pytest.raises(loop.CheckpointError, match="does not exist"):
+        loop.restore_model(cfg, str(tmp_path / "missing"))

@@ -31,7 +31,7 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
 
-    def decode(self, ids: Iterable[int]) -> str: ...
+    def decode(self, ids: Iterable[int], errors: str = "strict") -> str: ...
 
 
 def _cut(ids: Iterable[int], pad_id: int, bos_id: int, eos_id: int) -> list[int]:
@@ -69,11 +69,21 @@ class CharTokenizer:
             raise ValueError(f"CharTokenizer: unknown character {c!r} at position "
                              f"{text.index(c)}") from None
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`, stopping at the first EOS and skipping PAD/BOS."""
+    def decode(self, ids: Iterable[int], errors: str = "strict") -> str:
+        """Text of `ids`, stopping at the first EOS and skipping PAD/BOS.
+
+        ``errors="replace"`` writes U+FFFD for an id outside the vocabulary (a model whose
+        embedding table is larger than the tokenizer can emit one); ``"strict"`` raises.
+        """
+        if errors not in ("strict", "replace"):
+            raise ValueError(f"CharTokenizer.decode: errors must be 'strict' or 'replace', got "
+                             f"{errors!r}")
         out = []
         for i in _cut(ids, PAD_ID, BOS_ID, EOS_ID):
             if not len(SPECIAL_TOKENS) <= i < self.vocab_size:
+                if errors == "replace":
+                    out.append("\ufffd")
+                    continue
                 raise ValueError(f"CharTokenizer: id {i} out of range [0, {self.vocab_size})")
             out.append(CHARS[i - len(SPECIAL_TOKENS)])
         return "".join(out)
@@ -93,8 +103,9 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`, stopping at the first EOS and skipping PAD/BOS."""
+    def decode(self, ids: Iterable[int], errors: str = "strict") -> str:
+        """Text of `ids`, stopping at the first EOS and skipping PAD/BOS (``errors``: unused,
+        the Hugging Face tokenizer decodes every id of its vocabulary)."""
         return self.tokenizer.decode(_cut(ids, self.pad_id, self.bos_id, self.eos_id),
                                      skip_special_tokens=False)
 

@@ -50,8 +50,14 @@ def parse_markdown_table(text: str) -> list[dict[str, str]]:
 
 def plot_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str, *,
                 title: str = "", xlabel: str = "step", ylabel: str = "loss",
-                logy: bool = False) -> str:
-    """Writes a PNG with one line per ``name -> (xs, ys)`` on a single axis; returns ``path``."""
+                logy: bool = False, logx: bool = False,
+                bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                styles: Mapping[str, str] | None = None) -> str:
+    """Writes a PNG with one line per ``name -> (xs, ys)`` on a single axis; returns ``path``.
+
+    ``bands[name] = (lo, hi)`` shades a confidence band under that line; ``styles[name]`` is a
+    matplotlib line style (``"--"``, ``":"``).
+    """
     try:
         import matplotlib
     except ImportError as e:
@@ -62,8 +68,14 @@ def plot_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], p
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     try:
         for name, (xs, ys) in curves.items():
-            ax.plot(list(xs), list(ys), label=name, linewidth=1.4)
+            (line,) = ax.plot(list(xs), list(ys), (styles or {}).get(name, "-"), label=name,
+                              linewidth=1.4)
+            if bands and name in bands:
+                lo, hi = bands[name]
+                ax.fill_between(list(xs), list(lo), list(hi), color=line.get_color(), alpha=0.15)
         ax.set_xlabel(xlabel)
+        if logx:
+            ax.set_xscale("log", base=2)
         ax.set_ylabel(ylabel)
         if logy:
             from matplotlib.ticker import FormatStrFormatter

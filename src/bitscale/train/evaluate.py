@@ -131,7 +131,8 @@ def accuracy(model: nnx.Module, examples: Sequence[Example], task: Any, tokenize
         toks, lengths = greedy_decode(model, arrays["prompt"], arrays["prompt_mask"],
                                       max_new_tokens, tokenizer.eos_id, tokenizer.pad_id)
         toks, lengths = np.asarray(toks), np.asarray(lengths)
-        completions += [tokenizer.decode(toks[i, :lengths[i]].tolist()) for i in range(real)]
+        completions += [tokenizer.decode(toks[i, :lengths[i]].tolist(), errors="replace")
+                        for i in range(real)]
     correct = [bool(task.check(c, ex)) for c, ex in zip(completions, examples)]
     return {"accuracy": sum(correct) / len(correct), "n": len(examples),
             "completions": completions, "correct": correct}

@@ -37,7 +37,8 @@ from bitscale.train.metrics import MetricsWriter, Progress
 from bitscale.train.qat import low_precision_master, scale_by_precision
 
 __all__ = ["TASKS", "TrainState", "check_resume_config", "create_train_state", "make_mesh",
-           "make_optimizer", "make_schedule", "make_task", "make_train_step", "train"]
+           "make_optimizer", "make_schedule", "make_task", "make_train_step", "restore_model",
+           "train"]
 
 BATCH_FIELDS = ("tokens", "loss_mask", "full_mask", "answer_mask")
 TASKS = {"arithmetic": bdata.Arithmetic, "countdown": bdata.Countdown,
@@ -395,3 +396,47 @@ def train(config, workdir: str, *, mesh: Mesh | None = None,
         ckpt.close()
     return {"step": s, "state": state, "metrics": dict(last), "stopped": stopped,
             "resumed_from": resumed}
+
+
+def restore_model(cfg, workdir: str, step: int | None = None, *, policy=None,
+                  mesh: Mesh | None = None) -> tuple[Any, int]:
+    """The trained `Llama` of a `train` run: ``(model, step)``.
+
+    Args:
+      cfg: the run's config (its model, policy and optimizer define the checkpoint layout).
+      workdir: the run directory (``<workdir>/checkpoints``) or the checkpoints directory itself.
+      step: the checkpoint to load (default: the latest).
+      policy: build the model under another precision policy (default: ``cfg.policy``); the
+        parameters are the trained ones either way.
+    Raises:
+      CheckpointError: no checkpoint in ``workdir``, an unknown ``step``, or a checkpoint that
+        does not match ``cfg``.
+    """
+    directory = workdir
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    mesh = mesh if mesh is not None else make_mesh(cfg)
+    graphdef, _, like, shardings = create_train_state(cfg, mesh)
+    ckpt = Checkpointer(directory, max_to_keep=None)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {directory} (expected a bitscale.train "
+                                  f"workdir or its checkpoints directory)")
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} in {directory}; available: "
+                                  f"{steps}")
+        state, _ = ckpt.restore(step, like, shardings)
+    finally:
+        ckpt.close()
+    model = nnx.merge(graphdef, state.params)
+    if policy is not None:
+        other = bnn.Llama(cfg.model, policy, rngs=nnx.Rngs(0))
+        nnx.update(other, jax.tree.map(
+            lambda new, old: new.astype(old.dtype), nnx.state(model, nnx.Param),
+            nnx.state(other, nnx.Param)))
+        model = other
+    return model, step
