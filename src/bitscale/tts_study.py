@@ -1,0 +1,219 @@
+"""Test-time scaling of trained models: N samples per problem, pass@k, votes and verifiers.
+
+`collect` draws N samples per held-out problem with the vmapped best-of-N sampler (one prefill
+per prompt, the KV cache broadcast to N) and scores them with the task's checker; `analyze`
+turns the [problems, N] grids into curves; `section` writes the `make demo` report section
+(pass@k of every precision recipe on one plot, majority vote and imperfect-verifier accuracy
+against k, K* for a false-positive cost). `python -m bitscale.sample` runs the same on a
+checkpoint.
+
+References:
+  Brown et al., "Large Language Monkeys: Scaling Inference Compute with Repeated Sampling",
+    arXiv:2407.21787 (coverage and its exponentiated power law);
+  Stroebl et al., "Inference Scaling fLaws", arXiv:2411.17501 (imperfect verifiers, K*);
+  Wang et al., arXiv:2203.11171 (majority vote / self-consistency).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from bitscale import data as bdata
+from bitscale import sampling, tts
+from bitscale.report import markdown_table, plot_curves
+
+
+@dataclasses.dataclass(frozen=True)
+class TTSSettings:
+    """What `collect` and `analyze` do.
+
+    Attributes:
+      n: samples per problem (k runs over powers of two up to n).
+      strategy: a `bitscale.sampling` strategy string (``temperature:1.0``, ``top_p:0.95``).
+      completeness, soundness: the simulated imperfect verifier.
+      weak_modulus: the weak verifier checks the answer modulo this (10: the last digit).
+      fp_cost: utility cost of an accepted wrong answer (a correct one earns 1) for K*.
+      prompt_batch: prompts per sampler call; chunk_size: samples decoded at once (None: n).
+      seed: sampling, bootstrap and verifier randomness.
+    """
+
+    n: int = 64
+    strategy: str = "temperature:1.0"
+    completeness: float = 0.9
+    soundness: float = 0.9
+    weak_modulus: int = 10
+    fp_cost: float = 1.0
+    prompt_batch: int = 16
+    chunk_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"TTSSettings: n must be an int >= 1, got {self.n!r}")
+        if self.prompt_batch < 1:
+            raise ValueError(f"TTSSettings: prompt_batch must be >= 1, got {self.prompt_batch}")
+        if self.fp_cost < 0:
+            raise ValueError(f"TTSSettings: fp_cost must be >= 0, got {self.fp_cost}")
+        sampling.parse_strategy(self.strategy)  # unknown strategies fail here
+        tts.ImperfectVerifier(self.completeness, self.soundness)
+        tts.ResidueVerifier(self.weak_modulus)
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        ks = [1 << i for i in range(self.n.bit_length()) if 1 << i <= self.n]
+        return tuple(ks if ks[-1] == self.n else ks + [self.n])
+
+
+def collect(model, examples: Sequence[bdata.Example], task: Any, tokenizer: bdata.Tokenizer, *,
+            settings: TTSSettings, max_prompt_len: int, max_new_tokens: int) -> dict:
+    """N samples of every problem, decoded and scored.
+
+    Returns a dict of host arrays: ``completions`` ([P][N] strings), ``correct`` bool [P, N]
+    (``task.check``), ``weak`` bool [P, N] (`tts.ResidueVerifier`), ``answers`` int32 [P, N]
+    (`tts.answer_codes`, -1: no answer), ``seq_logp`` float32 [P, N] (sum of the sampled tokens'
+    log-probs), ``finished`` bool [P, N] (False: truncated at ``max_new_tokens``).
+    """
+    examples = list(examples)
+    if not examples:
+        raise ValueError("collect: empty list of examples")
+    key = jax.random.key(settings.seed)
+    b = min(settings.prompt_batch, len(examples))
+    completions, logp, finished = [], [], []
+    for start in range(0, len(examples), b):
+        chunk = examples[start:start + b]
+        real = len(chunk)
+        chunk = chunk + [chunk[0]] * (b - real)  # one shape: one compilation
+        stubs = [dataclasses.replace(ex, target="") for ex in chunk]
+        arrays = bdata.make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1)
+        out = sampling.sample_n(model, arrays["prompt"], arrays["prompt_mask"], settings.n,
+                                strategy=settings.strategy, key=jax.random.fold_in(key, start),
+                                max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                                pad_id=tokenizer.pad_id, chunk_size=settings.chunk_size)
+        toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+        lp, fin = np.asarray(out.log_probs), np.asarray(out.finished)
+        for i in range(real):
+            completions.append([tokenizer.decode(toks[i, j, :lens[i, j]].tolist(),
+                                                 errors="replace") for j in range(settings.n)])
+        logp.append(lp.sum(-1)[:real])
+        finished.append(fin[:real])
+    correct = tts.task_correctness(task, completions, examples)
+    weak = tts.ResidueVerifier(settings.weak_modulus)
+    weak_ok = np.array([[weak.check(c, ex) for c in row]
+                        for row, ex in zip(completions, examples)], bool)
+    answers = np.asarray(tts.answer_codes(tts.final_answers(completions)), np.int32)
+    return {"completions": completions, "correct": np.asarray(correct, bool), "weak": weak_ok,
+            "answers": answers, "seq_logp": np.concatenate(logp).astype(np.float32),
+            "finished": np.concatenate(finished)}
+
+
+def analyze(samples: dict, settings: TTSSettings) -> dict:
+    """Curves over k (`TTSSettings.ks`) from `collect`'s grids.
+
+    Returns a dict with ``ks``; ``coverage`` (pass@k, unbiased) with bootstrap ``coverage_lo`` /
+    ``coverage_hi`` (95%, over problems) and the power-law ``fit`` (a, b; None when the curve is
+    saturated); selection accuracy with k samples (averaged over 16 random k-subsets):
+    ``majority``, ``logprob_vote``, ``verifier`` (first sample the imperfect verifier accepts)
+    and ``weak_verifier`` (first sample passing the residue check); ``limit`` (the k -> inf
+    accuracy of resampling with the imperfect verifier, averaged over problems, closed form);
+    ``k_star`` (the K* maximising expected utility with cost ``fp_cost`` per false positive for
+    the mixture of per-problem correctness rates) and ``pass1`` (the mean rate).
+    """
+    correct = np.asarray(samples["correct"], bool)
+    p, n = correct.shape
+    if n != settings.n:
+        raise ValueError(f"analyze: samples have N={n}, settings.n={settings.n}")
+    ks = settings.ks
+    key = jax.random.key(settings.seed + 1)
+    k_band, k_vote, k_ver, k_curve = jax.random.split(key, 4)
+    cov = np.asarray(tts.coverage_curve(correct, ks), np.float64)
+    bands = tts.bootstrap_coverage(correct, ks, k_band)
+    try:
+        fit = tts.fit_power_law(ks, cov, saturated="drop")
+        fit = {"a": float(fit.a), "b": float(fit.b)}
+    except ValueError:  # fewer than two unsaturated points
+        fit = None
+    answers = np.asarray(samples["answers"])
+    valid = answers >= 0
+    verifier = tts.ImperfectVerifier(settings.completeness, settings.soundness)
+    accepted = np.asarray(verifier.accept(correct, k_ver))
+    weak = np.asarray(samples["weak"], bool)
+    curve = lambda sel, arrays: np.asarray(  # noqa: E731
+        tts.accuracy_curve(sel, arrays, ks, k_curve), np.float64)
+    rates = correct.mean(axis=1)
+    limit = np.asarray(tts.accuracy_limit(rates, settings.completeness, settings.soundness))
+    opt = tts.optimal_num_samples(rates, None, settings.completeness, settings.soundness,
+                                  reward=1.0, fp_cost=settings.fp_cost, k_max=max(4 * n, 64))
+    return {
+        "ks": list(ks), "coverage": cov.tolist(),
+        "coverage_lo": np.asarray(bands.lo).tolist(), "coverage_hi": np.asarray(bands.hi).tolist(),
+        "fit": fit,
+        "majority": curve(tts.majority_vote, (answers, correct, valid)).tolist(),
+        "logprob_vote": curve(tts.logprob_vote,
+                              (answers, correct, samples["seq_logp"], valid)).tolist(),
+        "verifier": curve(tts.select_first_accepted, (accepted, correct)).tolist(),
+        "weak_verifier": curve(tts.select_first_accepted, (weak, correct)).tolist(),
+        "limit": float(limit.mean()), "k_star": int(opt.k_star), "pass1": float(rates.mean()),
+        "problems": p, "n": n, "truncated": float(1.0 - np.mean(samples["finished"])),
+    }
+
+
+TABLE_HEADERS = ("recipe", "pass@1", "pass@{n}", "majority@{n}", "log-prob vote@{n}",
+                 "verifier@{n}", "weak verifier@{n}", "verifier limit", "K*", "power law a, b")
+
+
+def section(per_recipe: dict[str, dict], out: pathlib.Path, settings: TTSSettings, *,
+            problems: int, heading: str = "##") -> str:
+    """The report section: a table and two PNGs (``pass_at_k.png``, ``selection.png``)."""
+    n = settings.n
+    headers = [h.format(n=n) for h in TABLE_HEADERS]
+    rows = []
+    for name, r in per_recipe.items():
+        fit = "saturated" if r["fit"] is None else f"{r['fit']['a']:.3f}, {r['fit']['b']:.3f}"
+        rows.append([name, f"{r['pass1']:.3f}", f"{r['coverage'][-1]:.3f}",
+                     f"{r['majority'][-1]:.3f}", f"{r['logprob_vote'][-1]:.3f}",
+                     f"{r['verifier'][-1]:.3f}", f"{r['weak_verifier'][-1]:.3f}",
+                     f"{r['limit']:.3f}", str(r["k_star"]), fit])
+    plot_curves({name: (r["ks"], r["coverage"]) for name, r in per_recipe.items()},
+                str(out / "pass_at_k.png"), title=f"pass@k ({problems} held-out problems)",
+                xlabel="k (samples per problem)", ylabel="pass@k", logx=True,
+                bands={name: (r["coverage_lo"], r["coverage_hi"])
+                       for name, r in per_recipe.items()})
+    sel_curves, styles = {}, {}
+    for name, r in per_recipe.items():
+        sel_curves[f"{name} majority"] = (r["ks"], r["majority"])
+        sel_curves[f"{name} verifier"] = (r["ks"], r["verifier"])
+        styles[f"{name} verifier"] = "--"
+    plot_curves(sel_curves, str(out / "selection.png"), xlabel="k (samples per problem)",
+                ylabel="accuracy of the selected sample", logx=True, styles=styles,
+                title=f"majority vote (solid) and imperfect verifier (dashed, "
+                      f"c={settings.completeness}, s={settings.soundness})")
+    lines = [
+        f"{heading} Test-time scaling: best-of-N by precision", "",
+        (f"{n} samples per problem (`{settings.strategy}`, vmapped best-of-N: one prefill per "
+         f"prompt, the KV cache broadcast to the {n} samples) on {problems} held-out problems, "
+         "from each recipe's trained model."), "",
+        markdown_table(headers, rows),
+        "- **pass@k**: unbiased estimator over the N samples (Chen et al. 2021), averaged over "
+        "problems; the plot shades a 95% bootstrap band over problems. **power law**: "
+        "`pass@k = exp(a k^b)` fitted to the unsaturated points (Large Language Monkeys).",
+        "- **majority / log-prob vote**: the most frequent final answer among k samples (ties: "
+        "the earliest), or weighted by the sequence probability; averaged over 16 random "
+        "k-subsets.",
+        (f"- **verifier**: the first of k samples accepted by a simulated imperfect verifier "
+         f"(completeness {settings.completeness}, soundness {settings.soundness}); **weak "
+         f"verifier**: the first whose answer matches the reference modulo "
+         f"{settings.weak_modulus} (a partial check: every correct answer passes, and so do "
+         "wrong ones with the right last digit)."),
+        ("- **verifier limit**: the accuracy of resampling with that verifier as k -> inf, "
+         "`c r / (c r + (1 - s)(1 - r))` per problem with r its sample accuracy, averaged; "
+         f"**K\\***: the number of samples maximising expected utility (+1 per correct answer, "
+         f"-{settings.fp_cost:g} per accepted wrong one) for this mixture of problems "
+         "(Inference Scaling fLaws)."),
+        "", "![pass@k](pass_at_k.png)", "", "![selection](selection.png)", ""]
+    return "\n".join(lines)
