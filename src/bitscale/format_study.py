@@ -1,10 +1,10 @@
-"""`make demo`: the built-in study, runnable on a CPU in seconds.
+"""Format study: quantization error of every named format on LLM-like tensors (seconds on a CPU).
 
-Current study: quantization error of every named precision on heavy-tailed, LLM-like weights and
-activations (Student-t weights, activations with outlier channels), with and without a block
-Hadamard rotation, written to ``runs/demo/report.md``.
+Heavy-tailed, LLM-like weights and activations (Student-t weights, activations with outlier
+channels), quantized with and without a block Hadamard rotation; `section` returns the markdown
+table that the `make demo` report appends, ``main`` writes it to ``<out>/formats.md``.
 
-    python -m bitscale.demo [--out runs/demo] [--seed 0]
+    python -m bitscale.format_study [--out runs/formats] [--seed 0]
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def make_tensors(seed: int) -> dict[str, jax.Array]:
     return {"weight (Student-t, nu=5)": weight, "activation (8 outlier channels)": act}
 
 
-def run(out: pathlib.Path, seed: int) -> str:
+def section(seed: int = 0, heading: str = "#") -> str:
+    """The markdown table (SQNR of every spec in `SPECS`, with and without rotation)."""
     tensors = make_tensors(seed)
     rot_key = jax.random.key(seed + 1)
-    lines = ["# bitscale demo: quantization error by format", "",
+    lines = [f"{heading} Quantization error by format", "",
              "SQNR in dB (higher is better) of `fake_quant` along the last axis; `+H` applies a",
              "randomized block-128 Hadamard rotation first (QuaRot/QuEST style).", ""]
     header = "| spec | bits/elem | " + " | ".join(
@@ -55,20 +56,19 @@ def run(out: pathlib.Path, seed: int) -> str:
             row += [f"{sqnr_db(x, bs.dequantize(q)):.1f}", f"{sqnr_db(xr, bs.fake_quant(xr, spec)):.1f}"]
         row.insert(1, f"{bpe:.3f}")
         lines.append("| " + " | ".join(row) + " |")
-        print(f"{spec:<20} {row[1]:>7} bits  " + "  ".join(row[2:]), flush=True)
-    report = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(report)
-    return report
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/demo", type=pathlib.Path)
+    parser.add_argument("--out", default="runs/formats", type=pathlib.Path)
     parser.add_argument("--seed", default=0, type=int)
     args = parser.parse_args()
-    run(args.out, args.seed)
-    print(f"wrote {args.out / 'report.md'}")
+    text = section(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "formats.md").write_text(text)
+    print(text)
+    print(f"wrote {args.out / 'formats.md'}")
 
 
 if __name__ == "__main__":

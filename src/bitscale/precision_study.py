@@ -1,10 +1,6 @@
 """Precision vs accuracy: the same model trained under each precision recipe, then evaluated.
 
-Status: the code path works end to end (tests/test_precision_study.py), but the default budget
-is not yet tuned: 300 steps of configs/demo.py reach only ~5% greedy accuracy in fp32 (answer
-perplexity 1.14), so `make demo` still runs the format study in `bitscale.demo`.
-
-Trains the same ~3M-parameter char-level Llama (``configs/demo.py``: 2-digit arithmetic with worked
+The first section of the `make demo` report (`bitscale.demo`). Trains the same char-level Llama (``configs/demo.py``: 2-digit arithmetic with worked
 steps, identical data, seed and step count) once per precision recipe -- fp32 (baseline), bf16,
 fp8 (row-wise E4M3/E5M2), mxfp4 (W/A/G in MXFP4) and int4@g128 (weight-only QAT) -- each with
 ``bitscale.train.train`` into ``<out>/<recipe>``, then evaluates greedy-decoding accuracy (task
@@ -68,6 +64,15 @@ def load_config(path: pathlib.Path, policy: str, steps: int | None):
     return cfg
 
 
+def task_words(cfg) -> str:
+    """``2-digit addition with compact worked steps`` for the report."""
+    names = {"+": "addition", "-": "subtraction", "*": "multiplication"}
+    ops = tuple(cfg.data.get("ops", ())) or tuple(names)
+    style = cfg.data.get("style", "verbose")
+    return (f"{cfg.data.digits}-digit {' / '.join(names[o] for o in ops)} with "
+            f"{'compact ' if style == 'compact' else ''}worked steps")
+
+
 def weight_bits(model) -> float:
     """Bits per weight of the projections' stored format, size-weighted over all projections.
 
@@ -114,10 +119,13 @@ def run_recipe(name: str, cfg, out: pathlib.Path, test: list, task, tok, eval_ba
             "accuracy": acc["accuracy"], "n_eval": acc["n"], "ppl": ppl,
             "bits": weight_bits(model), "step_s": step_s, "train_s": train_s, "eval_s": eval_s,
             "curve": ([r["step"] for r in rows], [r["loss"] for r in rows]),
-            "example": (test[0].prompt + acc["completions"][0])}
+            "example": (test[0].prompt + acc["completions"][0]), "model": model,
+            "correct": acc["correct"]}
 
 
-def write_report(results: list[dict], out: pathlib.Path, cfg, wall_s: float) -> str:
+def section(results: list[dict], out: pathlib.Path, cfg, wall_s: float,
+            heading: str = "##") -> str:
+    """The markdown of the study (intro, table, notes, loss-curve PNG written to ``out``)."""
     base = next((r for r in results if r["recipe"] == BASELINE), results[0])
     rows = [[r["recipe"], f"`{r['policy']}`", f"{r['final_loss']:.4f}", f"{r['accuracy']:.3f}",
              f"{r['ppl']:.3f}", f"{r['bits']:.3f}", f"{1e3 * r['step_s']:.0f}",
@@ -131,8 +139,8 @@ def write_report(results: list[dict], out: pathlib.Path, cfg, wall_s: float) -> 
     intro = (f"Each recipe trains the same Llama ({n_params / 1e6:.2f}M parameters: hidden "
              f"{m.hidden_size}, {m.num_layers} layers, {m.num_heads}/{m.num_kv_heads} heads, MLP "
              f"{m.intermediate_size}, char vocabulary) for {cfg.train.steps} steps of batch "
-             f"{cfg.train.batch_size} on {cfg.data.digits}-digit arithmetic with worked steps "
-             f"(same data stream and seed {cfg.seed}), with only the precision policy changed.")
+             f"{cfg.train.batch_size} on {task_words(cfg)} (same data stream and seed "
+             f"{cfg.seed}), with only the precision policy changed.")
     notes = [
         "- **final loss**: training loss of the last step (answer tokens).",
         (f"- **accuracy**: greedy decoding on {base['n_eval']} held-out test problems, exact "
@@ -146,18 +154,32 @@ def write_report(results: list[dict], out: pathlib.Path, cfg, wall_s: float) -> 
          f"`{base['recipe']}` run. Quantized recipes are *simulated* (fake-quant in float32), so "
          "their ratio measures the QAT overhead on this machine, not low-precision speed-ups."),
         (f"- machine: {jax.devices()[0].platform} ({os.cpu_count()} cores), jax "
-         f"{jax.__version__}; whole study {wall_s:.0f} s."),
+         f"{jax.__version__}; training and evaluation took {wall_s:.0f} s."),
     ]
-    lines = ["# bitscale: precision vs accuracy", "", intro, "",
+    lines = [f"{heading} Precision vs accuracy", "", intro, "",
              markdown_table(TABLE_HEADERS, rows), *notes, "",
              "![training loss curves](loss_curves.png)", ""]
-    report = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def write_report(results: list[dict], out: pathlib.Path, cfg, wall_s: float) -> str:
+    """``<out>/report.md``: a title and `section`."""
+    report = "# bitscale: precision vs accuracy\n\n" + section(results, out, cfg, wall_s)
     (out / "report.md").write_text(report)
     return report
 
 
 def run(out: pathlib.Path, recipes: list[str], steps: int | None = None,
-        eval_problems: int = 200, config: pathlib.Path | None = None) -> list[dict]:
+        eval_problems: int = 200, config: pathlib.Path | None = None,
+        report: bool = True) -> tuple[list[dict], dict]:
+    """Trains and evaluates every recipe into ``out/<recipe>``.
+
+    Returns:
+      (results, context): one dict per recipe (``recipe``, ``policy``, ``final_loss``,
+      ``accuracy``, ``ppl``, ``bits``, ``step_s``, ``model`` (the trained `Llama`), ...) and
+      ``{"cfg", "task", "test", "tokenizer", "wall_s"}`` (the baseline recipe's config, the
+      task and held-out problems every recipe was evaluated on).
+    """
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown or not recipes:
         raise ValueError(f"unknown recipes {unknown}; valid: {list(RECIPES)}")
@@ -165,7 +187,7 @@ def run(out: pathlib.Path, recipes: list[str], steps: int | None = None,
     config = config or default_config_path()
     out.mkdir(parents=True, exist_ok=True)
     tok = bdata.CharTokenizer()
-    cfg = load_config(config, RECIPES[recipes[0]], steps)
+    cfg = base_cfg = load_config(config, RECIPES[recipes[0]], steps)
     task = train_loop.make_task(cfg)  # the task the training loop builds
     test = task.generate("test", int(eval_problems), int(cfg.seed))
     eval_batch = min(100, len(test))
@@ -176,13 +198,16 @@ def run(out: pathlib.Path, recipes: list[str], steps: int | None = None,
         print(f"[{i}/{len(recipes)}] {name}: policy {cfg.policy}, {cfg.train.steps} steps -> "
               f"{out / name}", flush=True)
         r = run_recipe(name, cfg, out, test, task, tok, eval_batch, max_new)
+        r["cfg"] = cfg
         results.append(r)
         print(f"[{i}/{len(recipes)}] {name}: loss {r['final_loss']:.4f}  accuracy "
               f"{r['accuracy']:.3f}  ppl {r['ppl']:.3f}  {r['bits']:.3f} bits/weight  "
               f"{1e3 * r['step_s']:.0f} ms/step  (train {r['train_s']:.0f} s, eval "
               f"{r['eval_s']:.0f} s)", flush=True)
-    write_report(results, out, cfg, time.perf_counter() - t0)
-    return results
+    wall_s = time.perf_counter() - t0
+    if report:
+        write_report(results, out, base_cfg, wall_s)
+    return results, {"cfg": base_cfg, "task": task, "test": test, "tokenizer": tok, "wall_s": wall_s}
 
 
 def main(argv: list[str] | None = None) -> None:

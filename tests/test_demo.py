@@ -1,0 +1,67 @@
+"""`make demo` end to end on a tiny budget (`--quick`): the same code path as the real run,
+two recipes, a few steps, a few problems and samples."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("matplotlib", reason="the demo report's plots need matplotlib")
+
+from bitscale import demo
+from bitscale.report import parse_markdown_table
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _tables(report: str) -> list[list[dict]]:
+    """Every markdown table of the report, in order."""
+    blocks, cur = [], []
+    for line in report.splitlines() + [""]:
+        if line.startswith("|"):
+            cur.append(line)
+        elif cur:
+            blocks.append(parse_markdown_table("\n".join(cur)))
+            cur = []
+    return blocks
+
+
+def test_quick_demo_writes_every_section(tmp_path, capsys):
+    recipes = ["fp32", "int4_g128"]
+    demo.main(["--quick", "--out", str(tmp_path), "--recipes", *recipes])
+
+    out = capsys.readouterr().out
+    for i, name in enumerate(recipes, 1):
+        assert f"[{i}/{len(recipes)}] {name}:" in out
+        assert f"[tts] {name}:" in out
+    report = (tmp_path / "report.md").read_text()
+    for heading in ("## Precision vs accuracy", "## Test-time scaling",
+                    "## Quantization error by format"):
+        assert heading in report
+    precision, tts, formats = _tables(report)[:3]
+
+    assert [r["recipe"] for r in precision] == recipes
+    for r in precision:
+        for col in ("final loss", "accuracy", "answer ppl", "bits/weight", "step-time ratio"):
+            assert math.isfinite(float(r[col])), (col, r)
+        assert 0.0 <= float(r["accuracy"]) <= 1.0
+    assert {r["recipe"]: float(r["bits/weight"]) for r in precision} == {
+        "fp32": 32.0, "int4_g128": 4.25}  # 4 bits + one bf16 scale per 128 weights
+    assert float(precision[0]["step-time ratio"]) == 1.0
+
+    assert [r["recipe"] for r in tts] == recipes
+    curves = json.loads((tmp_path / "tts.json").read_text())
+    for name in recipes:
+        c = curves[name]
+        assert c["ks"] == [1, 2, 4] and c["n"] == 4 and c["problems"] == 4
+        cov = c["coverage"]
+        assert all(0.0 <= x <= 1.0 for x in cov) and cov == sorted(cov)  # pass@k rises with k
+        assert c["k_star"] >= 1
+    assert any(r["spec"] == "mxfp4" for r in formats)
+
+    for png in ("loss_curves.png", "pass_at_k.png", "selection.png"):
+        assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC, png
+    for name in recipes:
+        assert (tmp_path / name / "metrics.jsonl").exists()
