@@ -6,7 +6,9 @@ The QK and PV products go through `qdot` with the rules of ``<layer>.attn.qk`` a
 contraction axis); keys and values are fake-quantized with the ``act`` spec of
 ``<layer>.attn.kv_cache`` before they are cached or used, so that the cached and the full
 forward pass see the same values. Scores and softmax are float32; masked scores are set to a
-finite -1e30 (a fully masked row, e.g. a left-padding query, becomes uniform, never NaN).
+finite -1e30 (a fully masked row, e.g. a left-padding query, becomes uniform, never NaN). When
+the policy has a ``reduction`` (a fixed-order sum, `bitscale.nn.Policy`), the softmax
+denominator is summed with it instead of ``jnp.sum``.
 
 References:
   Ainslie et al., "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head
@@ -86,6 +88,7 @@ class Attention(nnx.Module):
         self.qk_rule = policy.rule_for(f"{p}.qk")
         self.pv_rule = policy.rule_for(f"{p}.pv")
         self.cache_rule = policy.rule_for(f"{p}.kv_cache")
+        self.reduction = policy.reduction
         self.path = p
         self.num_heads, self.num_kv_heads, self.head_dim = nh, nkv, d
         self.act_dtype = act
@@ -137,13 +140,22 @@ class Attention(nnx.Module):
                       path=key_path(f"{self.path}.qk"))
         scores = scores.reshape(b, nkv, g, t, s) * jnp.float32(d ** -0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.float32(MASK_VALUE))
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.act_dtype)
+        probs = softmax(scores, self.reduction).astype(self.act_dtype)
         out = qdot(probs.reshape(b, nkv, g * t, s), vt, (((3,), (2,)), ((0, 1), (0, 1))),
                    self.pv_rule, key=key, path=key_path(f"{self.path}.pv"))
         out = out.reshape(b, nkv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, nh * d)
         out = constrain(out.astype(self.act_dtype), ("act_batch", "act_length", "act_heads"),
                         self.rules)
         return self.o_proj(out, key=key), new_kv
+
+
+def softmax(scores: jax.Array, reduction=None) -> jax.Array:
+    """float32 softmax over the last axis; the denominator summed by ``reduction.sum`` if given
+    (a fixed-order sum; None: `jax.nn.softmax`)."""
+    if reduction is None:
+        return jax.nn.softmax(scores, axis=-1)
+    e = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    return e / reduction.sum(e, -1).astype(jnp.float32)[..., None]
 
 
 def attention_mask(q_slots: jax.Array, k_valid: jax.Array, q_pos: jax.Array,

@@ -93,16 +93,26 @@ class Embed(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """``scale * x / rms(x)``, computed in float32 (as transformers' LlamaRMSNorm)."""
+    """``scale * x / rms(x)``, computed in float32 (as transformers' LlamaRMSNorm).
 
-    def __init__(self, dim: int, *, eps: float, param_dtype="float32", out_dtype="float32"):
+    ``reduction``: None (``jnp.mean``), or a hashable object whose ``sum(x, axis)`` sums the
+    squares in a fixed order (``bitscale.repro.Reduction``; see `bitscale.nn.Policy.reduction`).
+    """
+
+    def __init__(self, dim: int, *, eps: float, param_dtype="float32", out_dtype="float32",
+                 reduction=None):
         self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
         self.eps = float(eps)
         self.out_dtype = jnp.dtype(out_dtype).name
+        self.reduction = reduction
 
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
-        var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        if self.reduction is None:
+            var = jnp.mean(xf * xf, axis=-1, keepdims=True)
+        else:
+            var = (self.reduction.sum(xf * xf, -1).astype(jnp.float32)
+                   / jnp.float32(x.shape[-1]))[..., None]
         y = (xf * jax.lax.rsqrt(var + jnp.float32(self.eps))).astype(x.dtype)
         s = self.scale.get_value().astype(jnp.float32)
         return (s.reshape((1,) * (y.ndim - 1) + s.shape) * y.astype(jnp.float32)).astype(

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Iterable, Literal, Union
+from typing import Any, Iterable, Literal, Union
 
 import jax.numpy as jnp
 
@@ -42,6 +42,19 @@ SpecLike = Union[str, Spec, None]
 DTYPES = ("float32", "bfloat16", "float16")
 ROUNDINGS = ("nearest", "stochastic")
 WGRAD_ACTS = ("quantized", "original")
+
+
+def _check_hook(hook, method: str, what: str) -> None:
+    """A reduction hook must be None or a hashable object with ``method``."""
+    if hook is None:
+        return
+    if not callable(getattr(hook, method, None)):
+        raise TypeError(f"{what} must be None or an object with a {method}() method, got "
+                        f"{hook!r}")
+    try:
+        hash(hook)
+    except TypeError:
+        raise TypeError(f"{what} must be hashable (a frozen dataclass), got {hook!r}") from None
 
 
 def _dtype_name(d) -> str:
@@ -79,6 +92,12 @@ class Rule:
       grad_rounding: rounding of dY, dX and dW quantization. Stochastic rounding draws its bits
         from the key passed to the model call (``model(tokens, key=...)``), folded with the module
         path; without a key it falls back to nearest rounding (see `bitscale.nn.qdot`).
+      reduction: None (the product is one `lax.dot_general`, accumulated as the backend
+        chooses), or a hashable object with ``dot_general(lhs, rhs, dimension_numbers)``
+        returning the product (any float dtype; cast to float32) that replaces it, e.g. an
+        emulated accumulation order (`bitscale.repro.Reduction`) or a batch-invariant tiling
+        (`bitscale.repro.RowTiledDot`). It receives the operands already fake-quantized and
+        cast to ``compute_dtype``. Packed (PTQ) weights ignore it.
     """
 
     pattern: str
@@ -92,6 +111,7 @@ class Rule:
     wgrad_act: Literal["quantized", "original"] = "quantized"
     fwd_rounding: Literal["nearest", "stochastic"] = "nearest"
     grad_rounding: Literal["nearest", "stochastic"] = "nearest"
+    reduction: Any = None
 
     def __post_init__(self):
         try:
@@ -109,6 +129,7 @@ class Rule:
         for f in ("fwd_rounding", "grad_rounding"):
             if getattr(self, f) not in ROUNDINGS:
                 raise ValueError(f"{f} must be one of {ROUNDINGS}, got {getattr(self, f)!r}")
+        _check_hook(self.reduction, "dot_general", f"rule {self.pattern!r}: reduction")
 
     @property
     def quantized(self) -> bool:
@@ -137,6 +158,12 @@ class Policy:
       act_dtype: dtype of the residual stream and layer outputs. Norms, softmax and logits are
         computed in float32 regardless; logits are returned in float32.
       strict: a rule that matches no module path of the model raises (True) or warns (False).
+      reduction: None (softmax and RMSNorm sum with ``jnp.sum`` / ``jnp.mean``, in an order the
+        backend may change with the batch shape), or a hashable object with ``sum(x, axis)``
+        giving a fixed-order float32 sum (``bitscale.repro.Reduction("pairwise")``, or the
+        ``bitscale.repro.BatchInvariance`` of batch-invariant policies). Attention's softmax
+        reads it from the policy; `bitscale.nn.Llama` does not hand the policy to its RMSNorms,
+        so `bitscale.repro.make_model` installs it there (``RMSNorm(..., reduction=...)``).
     """
 
     name: str
@@ -144,6 +171,7 @@ class Policy:
     param_dtype: str = "float32"
     act_dtype: str = "float32"
     strict: bool = True
+    reduction: Any = None
 
     def __post_init__(self):
         rules = tuple(self.rules)
@@ -153,6 +181,7 @@ class Policy:
         object.__setattr__(self, "rules", rules)
         object.__setattr__(self, "param_dtype", _dtype_name(self.param_dtype))
         object.__setattr__(self, "act_dtype", _dtype_name(self.act_dtype))
+        _check_hook(self.reduction, "sum", f"policy {self.name!r}: reduction")
 
     @property
     def default_rule(self) -> Rule:

@@ -13,6 +13,10 @@ Backward, for output gradient ``g``:
 3. the forward fake-quant's estimator masks dX and dW (STE: identity);
 4. ``dX = Q_grad_lhs(dX)`` and ``dW = Q_grad_rhs(dW)``, along each operand's contraction axis.
 
+A rule's ``reduction`` hook (`bitscale.nn.Rule`), when set, computes the product in place of
+`lax.dot_general` (forward, and through its VJP backward): an emulated accumulation order or a
+batch-invariant tiling from `bitscale.repro`.
+
 Stochastic rounding needs random bits. `qdot` takes one key per model call; it folds in a hash of
 the module path and then a slot number (0: lhs, 1: rhs, 2: g, 3: dX, 4: dW), so every
 quantization point of every layer gets its own deterministic stream. Without a key, stochastic
@@ -60,10 +64,19 @@ class _Cfg:
     path: str
 
 
-def _dot(cfg: _Cfg, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-    cd = jnp.dtype(cfg.rule.compute_dtype)
-    return lax.dot_general(lhs.astype(cd), rhs.astype(cd), cfg.dims,
+def _product(rule: Rule, lhs: jax.Array, rhs: jax.Array, dims) -> jax.Array:
+    """The float32 product of the operands cast to the rule's compute dtype; through the rule's
+    ``reduction`` hook (an emulated accumulation order or tiling) when it has one."""
+    cd = jnp.dtype(rule.compute_dtype)
+    if rule.reduction is not None:
+        return rule.reduction.dot_general(lhs.astype(cd), rhs.astype(cd), dims).astype(
+            jnp.float32)
+    return lax.dot_general(lhs.astype(cd), rhs.astype(cd), dims,
                            preferred_element_type=jnp.float32)
+
+
+def _dot(cfg: _Cfg, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    return _product(cfg.rule, lhs, rhs, cfg.dims)
 
 
 def _fq(x, spec, axis, rounding, kd, slot, has_key, estimator="ste"):
@@ -148,9 +161,7 @@ def qdot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers, ru
       path: the module path, folded into ``key`` so that every layer draws different bits.
     """
     if not rule.quantized:
-        cd = jnp.dtype(rule.compute_dtype)
-        return lax.dot_general(lhs.astype(cd), rhs.astype(cd), dimension_numbers,
-                               preferred_element_type=jnp.float32)
+        return _product(rule, lhs, rhs, dimension_numbers)
     (lc, rc), _ = dimension_numbers
     cfg = _Cfg(rule, _freeze(dimension_numbers), _single_axis(lc, lhs.ndim, "lhs", path),
                _single_axis(rc, rhs.ndim, "rhs", path), key is not None, path)

@@ -1,0 +1,216 @@
+"""The reproducibility study: greedy evaluation of one model across a grid of runtime settings.
+
+A `Cell` is one runtime configuration: a precision policy (``fp32``, ``bf16``, ``fp16``,
+``layercast``, ``fp8``, ``fp32_batch_invariant``, ...), an evaluation batch size and a
+reduction order for every matmul (``native``: the backend's own GEMM; or an emulated
+``sequential`` / ``pairwise`` / ``split_k:<s>`` with an accumulation dtype). `run_study`
+re-casts the model's parameters to each cell's policy, decodes every problem greedily at the
+cell's batch size, scores it with the task checker and compares its outputs token by token with
+the reference cell's (default: ``fp32``, native order, the smallest batch size).
+
+It reports, per cell: accuracy, output lengths, the fraction of problems whose output differs
+from the reference and the distribution of first-divergent token indices; per policy, per
+configuration (policy x order across batch sizes) and over the whole grid: accuracy mean and
+standard deviation (Std@Acc), output-length spread and divergence within the group.
+
+References:
+  Yuan et al., "Give Me FP32 or Give Me Death? Challenges and Solutions for Reproducible
+    Reasoning", arXiv:2506.09501 (runtime configurations: GPU count, batch size, precision;
+    Std@Acc, Avg_Std@Output_Length, Div_Index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from bitscale import nn as bnn
+from bitscale.data import Example, Tokenizer, make_batch
+from bitscale.repro import _metrics as M
+from bitscale.repro._hooks import Reduction
+from bitscale.repro._order import check_acc_dtype, parse_order
+from bitscale.repro._policies import resolve_policy, with_policy, with_reduction
+from bitscale.train.evaluate import greedy_decode
+
+NATIVE = "native"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One runtime configuration of the study.
+
+    Attributes:
+      policy: a policy name (`bitscale.repro.resolve_policy`).
+      batch_size: evaluation batch size (prompts are always padded to the same length).
+      order: ``native`` (one `lax.dot_general`) or an emulated order for every matmul
+        (``sequential``, ``pairwise``, ``split_k:<s>``).
+      acc_dtype: accumulation dtype of the emulated order (``native`` needs float32).
+    """
+
+    policy: str
+    batch_size: int
+    order: str = NATIVE
+    acc_dtype: str = "float32"
+
+    def __post_init__(self):
+        resolve_policy(self.policy)
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        object.__setattr__(self, "acc_dtype", check_acc_dtype(self.acc_dtype))
+        if self.order == NATIVE:
+            if self.acc_dtype != "float32":
+                raise ValueError("the native order accumulates as the backend does; an "
+                                 f"accumulation dtype ({self.acc_dtype}) needs an emulated order")
+        else:
+            object.__setattr__(self, "order", str(parse_order(self.order)))
+
+    @property
+    def config(self) -> str:
+        """Policy, order and accumulation dtype: the cell without its batch size."""
+        acc = "" if self.acc_dtype == "float32" else f"@{self.acc_dtype}"
+        return f"{self.policy}/{self.order}{acc}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.config}/b{self.batch_size}"
+
+    def make_policy(self) -> bnn.Policy:
+        policy = resolve_policy(self.policy)
+        if self.order == NATIVE:
+            return policy
+        return with_reduction(policy, Reduction(self.order, self.acc_dtype),
+                              name=f"{policy.name}+{self.order}")
+
+
+def make_grid(policies: Iterable[str], batch_sizes: Iterable[int],
+              orders: Iterable[str] = (NATIVE,),
+              acc_dtypes: Iterable[str] = ("float32",)) -> list[Cell]:
+    """Every (policy, order, accumulation dtype, batch size) combination, as `Cell` objects;
+    ``native`` is combined with float32 only."""
+    cells = []
+    for p, o, a, b in itertools.product(policies, orders, acc_dtypes, batch_sizes):
+        if o == NATIVE and check_acc_dtype(a) != "float32":
+            continue
+        cells.append(Cell(str(p), int(b), str(o), str(a)))
+    return cells
+
+
+def greedy_outputs(model, examples: Sequence[Example], tokenizer: Tokenizer, *,
+                   batch_size: int, max_prompt_len: int,
+                   max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens [N, max_new_tokens], lengths [N])`` of greedy decoding in fixed-shape batches
+    ``[batch_size, max_prompt_len]`` (as `bitscale.train.evaluate.accuracy` batches: the last
+    batch is filled with copies of its first example, whose outputs are dropped)."""
+    toks, lens = [], []
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        real = len(chunk)
+        chunk += [chunk[0]] * (batch_size - real)
+        stubs = [dataclasses.replace(ex, target="") for ex in chunk]
+        arrays = make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1)
+        t, n = greedy_decode(model, arrays["prompt"], arrays["prompt_mask"], max_new_tokens,
+                             tokenizer.eos_id, tokenizer.pad_id)
+        toks.append(np.asarray(t)[:real])
+        lens.append(np.asarray(n)[:real])
+    return np.concatenate(toks), np.concatenate(lens)
+
+
+def _check(task, tokenizer: Tokenizer, tokens: np.ndarray, example: Example) -> bool:
+    """``task.check`` of the decoded output; False when the output holds ids the tokenizer
+    cannot decode (an untrained model whose vocabulary is larger than the tokenizer's)."""
+    try:
+        text = tokenizer.decode(tokens.tolist())
+    except ValueError:
+        return False
+    return bool(task.check(text, example))
+
+
+def _evaluate(model, cell: Cell, examples, task, tokenizer, max_prompt_len: int,
+              max_new_tokens: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cell_model = with_policy(model, cell.make_policy())
+    toks, lens = greedy_outputs(cell_model, examples, tokenizer, batch_size=cell.batch_size,
+                                max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
+    correct = [_check(task, tokenizer, toks[i, :lens[i]], ex) for i, ex in enumerate(examples)]
+    return {"cell": cell.name, "config": cell.config, "policy": cell.policy,
+            "order": cell.order, "acc_dtype": cell.acc_dtype, "batch_size": cell.batch_size,
+            "accuracy": float(np.mean(correct)), "correct": correct,
+            "lengths": lens.tolist(), "mean_length": float(np.mean(lens)),
+            "seconds": time.perf_counter() - t0, "_outputs": (toks, lens)}
+
+
+def _group(rows: list[dict]) -> dict[str, Any]:
+    runs = [r["_outputs"] for r in rows]
+    g = M.group_divergence(runs)
+    return {"cells": [r["cell"] for r in rows],
+            "accuracy": M.std_at_acc([r["accuracy"] for r in rows]),
+            "length": M.length_spread([r["lengths"] for r in rows]),
+            "diverged_fraction": g["diverged_fraction"],
+            "first_divergence": g["summary"],
+            "diverged_from_reference": float(np.mean([r["diverged_fraction"] for r in rows]))}
+
+
+def run_study(model: bnn.Llama, task: Any, tokenizer: Tokenizer, examples: Sequence[Example],
+              grid: Sequence[Cell], *, max_prompt_len: int, max_new_tokens: int,
+              reference: Cell | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Greedy evaluation of ``model`` in every cell of ``grid``, compared with ``reference``.
+
+    Args:
+      model: a `bitscale.nn.Llama` (any policy); each cell gets a copy with the parameters cast
+        to the cell policy's storage dtype.
+      task: anything with ``check(completion, example) -> bool``.
+      examples: the problems (prompts only are used).
+      grid: `Cell` objects (see `make_grid`); must not be empty.
+      reference: the cell every other is compared with; default ``fp32``, native order, the
+        smallest batch size of the grid. Evaluated once even when it is also in the grid.
+      progress: called with one line per evaluated cell.
+    Returns:
+      a JSON-able dict: ``reference``, ``n_problems``, ``max_new_tokens``, ``cells`` (per cell:
+      accuracy, lengths, ``diverged_fraction`` and per-problem ``first_divergence`` from the
+      reference, with its ``first_divergence_summary``), ``grid`` / ``by_policy`` /
+      ``by_config`` group summaries (accuracy mean and Std@Acc, length spread, divergence
+      within the group) and ``curves`` (per policy, the fraction of problems diverged from the
+      reference at or before each token index).
+    """
+    grid = list(grid)
+    if not grid:
+        raise ValueError("run_study: the grid is empty; give at least one Cell (make_grid)")
+    if any(not isinstance(c, Cell) for c in grid):
+        raise TypeError("run_study: grid entries must be Cell objects (bitscale.repro.make_grid)")
+    examples = list(examples)
+    if not examples:
+        raise ValueError("run_study: no examples")
+    grid = list(dict.fromkeys(grid))
+    reference = reference or Cell("fp32", min(c.batch_size for c in grid))
+    say = progress or (lambda line: None)
+    done: dict[Cell, dict] = {}
+    for i, cell in enumerate([reference] + [c for c in grid if c != reference]):
+        done[cell] = _evaluate(model, cell, examples, task, tokenizer, max_prompt_len,
+                               max_new_tokens)
+        r = done[cell]
+        say(f"[{i + 1}/{len(grid) + (reference not in grid)}] {cell.name}: accuracy "
+            f"{r['accuracy']:.3f}, mean length {r['mean_length']:.1f} ({r['seconds']:.1f} s)")
+    ref = done[reference]["_outputs"]
+    for r in done.values():
+        d = M.divergence(ref, r["_outputs"])
+        r.update(diverged_fraction=d["diverged_fraction"], first_divergence=d["first_divergence"],
+                 first_divergence_summary=d["summary"])
+    rows = [done[c] for c in grid]
+    by_policy = {p: _group([r for r in rows if r["policy"] == p])
+                 for p in dict.fromkeys(r["policy"] for r in rows)}
+    by_config = {c: _group([r for r in rows if r["config"] == c])
+                 for c in dict.fromkeys(r["config"] for r in rows)}
+    curves = {p: np.mean([M.divergence_curve(r["first_divergence"], max_new_tokens)
+                          for r in rows if r["policy"] == p], axis=0).tolist()
+              for p in by_policy}
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}  # noqa: E731
+    return {"reference": strip(done[reference]), "n_problems": len(examples),
+            "max_new_tokens": int(max_new_tokens), "max_prompt_len": int(max_prompt_len),
+            "cells": [strip(r) for r in rows], "grid": _group(rows), "by_policy": by_policy,
+            "by_config": by_config, "curves": curves}

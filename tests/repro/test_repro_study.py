@@ -1,0 +1,138 @@
+"""The reproducibility study: measured divergence, report files, launcher and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import bitscale.nn as bn  # noqa: E402
+from bitscale import data as bdata  # noqa: E402
+from bitscale import repro  # noqa: E402
+from bitscale.report import parse_markdown_table  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load_config(name: str):
+    spec = importlib.util.spec_from_file_location(f"configs_{name}",
+                                                  ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TINY = load_config("tiny").TINY
+# Random init with a wide initializer: greedy outputs vary from token to token (not one
+# repeated id) and logit gaps are small enough for precision to matter.
+SMALL = dataclasses.replace(TINY, hidden_size=64, intermediate_size=128, num_layers=1,
+                            vocab_size=128, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def study():
+    model = bn.Llama(SMALL, "fp32", rngs=nnx.Rngs(0))
+    task, tok = bdata.Arithmetic(digits=2), bdata.CharTokenizer()
+    grid = [repro.Cell("bf16", 4), repro.Cell("bf16", 4, "pairwise", "bfloat16"),
+            repro.Cell("fp32_batch_invariant", 1), repro.Cell("fp32_batch_invariant", 3)]
+    reference = repro.Cell("fp32_batch_invariant", 1)  # in the grid: evaluated once
+    result = repro.run_study(model, task, tok, task.generate("test", 6, 0), grid,
+                             reference=reference, max_prompt_len=24, max_new_tokens=12)
+    return result
+
+
+def test_bf16_diverges_and_batch_invariant_fp32_does_not(study):
+    cells = {c["cell"]: c for c in study["cells"]}
+    assert set(cells) == {"bf16/native/b4", "bf16/pairwise@bfloat16/b4",
+                          "fp32_batch_invariant/native/b1", "fp32_batch_invariant/native/b3"}
+    first = np.asarray(cells["bf16/pairwise@bfloat16/b4"]["first_divergence"])
+    assert (first >= 0).any()                                  # measured: bf16 diverges
+    assert study["by_policy"]["bf16"]["diverged_fraction"] > 0  # ... across orders
+    bi = study["by_config"]["fp32_batch_invariant/native"]
+    assert len(bi["cells"]) == 2 and bi["diverged_fraction"] == 0.0
+    assert bi["diverged_from_reference"] == 0.0
+    assert bi["accuracy"]["std"] == 0.0 and bi["length"]["avg_std"] == 0.0
+    assert cells["fp32_batch_invariant/native/b3"]["first_divergence"] == [-1] * 6
+    outs = study["reference"]
+    assert outs["cell"] == "fp32_batch_invariant/native/b1" and len(outs["lengths"]) == 6
+    assert len(study["curves"]["bf16"]) == 12 and study["curves"]["fp32_batch_invariant"] == [
+        0.0] * 12
+
+
+def test_report_files(study, tmp_path):
+    paths = repro.write_report(study, str(tmp_path), intro="test run")
+    assert json.loads(pathlib.Path(paths["json"]).read_text())["n_problems"] == 6
+    md = pathlib.Path(paths["md"]).read_text()
+    rows = parse_markdown_table(md)
+    assert [r["cell"] for r in rows][0] == "`bf16/native/b4`" and "Std@Acc" in md
+    assert pathlib.Path(paths["png"]).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_and_cell_errors():
+    grid = repro.make_grid(["fp32", "bf16"], [1, 8], ["native", "split_k:2"],
+                           ["float32", "bfloat16"])
+    assert len(grid) == 12 and grid[0].name == "fp32/native/b1"  # native only with float32
+    assert repro.Cell("fp16", 2, "split_k:2", "bfloat16").name == "fp16/split_k:2@bfloat16/b2"
+    with pytest.raises(ValueError, match="valid orders"):
+        repro.Cell("fp32", 1, "reversed")
+    with pytest.raises(ValueError, match="unknown precision policy"):
+        repro.Cell("fp33", 1)
+    with pytest.raises(ValueError, match="emulated order"):
+        repro.Cell("fp32", 1, "native", "bfloat16")
+    with pytest.raises(ValueError, match="batch_size"):
+        repro.Cell("fp32", 0)
+    with pytest.raises(ValueError, match="grid is empty"):
+        repro.run_study(None, None, None, [], [], max_prompt_len=4, max_new_tokens=2)
+
+
+def test_config_runner_and_checkpoint(tmp_path):
+    """run_from_config end to end (random init, one cell), and restoring a bitscale.train
+    checkpoint into the config's model."""
+    from bitscale.train import loop as train_loop
+    from bitscale.train.checkpoint import Checkpointer
+
+    cfg = load_config("repro").get_config()
+    with pytest.raises(AttributeError):
+        cfg.grid.batch_size = (1,)  # locked: a misspelt key fails
+    cfg.train_model = False
+    cfg.eval.num_problems, cfg.eval.max_new_tokens = 2, 3
+    cfg.grid.policies, cfg.grid.orders, cfg.grid.batch_sizes = ("fp32",), ("native",), (2,)
+    cfg.reference.batch_size = 2
+    result = repro.run_from_config(cfg, str(tmp_path / "study"), progress=None)
+    assert [c["cell"] for c in result["cells"]] == ["fp32/native/b2"]
+    assert result["cells"][0]["diverged_fraction"] == 0.0
+    assert sorted(os.listdir(tmp_path / "study")) == ["repro.json", "repro.md",
+                                                      "repro_divergence.png"]
+    # a checkpoint in bitscale.train's format (TrainState through Checkpointer)
+    graphdef, _, state, _ = train_loop.create_train_state(cfg.run, bn.make_mesh())
+    params = jax.tree.map(lambda x: x + 1.0, state.params)
+    ckpt = Checkpointer(str(tmp_path / "run" / "checkpoints"))
+    ckpt.save(7, state._replace(params=params), {"position": 0})
+    ckpt.wait()
+    ckpt.close()
+    model = repro.load_model(cfg.run, str(tmp_path / "run"))
+    got = jax.tree.leaves(nnx.state(model, nnx.Param))
+    for a, b in zip(got, jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FileNotFoundError):
+        repro.load_model(cfg.run, str(tmp_path / "missing"))
+
+
+def test_launcher_rejects_misspelt_key(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bitscale.repro", f"--config={ROOT / 'configs' / 'repro.py'}",
+         f"--workdir={tmp_path}", "--config.grid.batch_size=(1,)"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and "batch_size" in proc.stderr
