@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from bitscale.nn import PROJ, ModelConfig, Policy, Rule
+from bitscale.nn import PROJ, ModelConfig, Policy, Rule, register_policy
 
 TINY = ModelConfig(
     arch="llama",
@@ -31,8 +31,9 @@ TINY = ModelConfig(
 
 # A policy written as data: MLP in MXFP4 with stochastic-rounded MXFP8 (E5M2) output gradients
 # and the weight gradient from the unquantized activation; attention projections in FP8;
-# everything else (attention products, lm head) in float32.
-W4A4_MLP_FP8_ATTN = Policy(
+# everything else (attention products, lm head) in float32. Registered, so a run selects it
+# with `--config.policy=w4a4_mlp_fp8_attn`.
+W4A4_MLP_FP8_ATTN = register_policy(Policy(
     "w4a4_mlp_fp8_attn",
     rules=(
         Rule(r"layers\.\d+\.mlp\..*", weight="mxfp4", act="mxfp4", grad="mxfp8_e5m2",
@@ -40,7 +41,7 @@ W4A4_MLP_FP8_ATTN = Policy(
         Rule(PROJ, weight="fp8_e4m3@channel", act="fp8_e4m3@channel",
              grad="fp8_e5m2@channel"),
     ),
-)
+))
 
 
 def get_config() -> ml_collections.ConfigDict:

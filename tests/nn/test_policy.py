@@ -180,8 +180,8 @@ def test_stochastic_rounding_needs_a_key_else_nearest():
 
 
 def test_named_policies():
-    assert set(bn.NAMED_POLICIES) == {"fp32", "bf16", "layercast", "fp8", "mxfp4", "nvfp4",
-                                      "int8", "int4@g128"}
+    assert set(bn.NAMED_POLICIES) == {"fp32", "bf16", "fp16", "layercast", "fp8", "mxfp4",
+                                      "nvfp4", "int8", "int4@g128"}
     fp8 = bn.resolve_policy("fp8")
     r = fp8.rule_for("layers.3.attn.q_proj")
     assert r.weight.name == "fp8_e4m3@channel" and r.grad.name == "fp8_e5m2@channel"
@@ -295,3 +295,24 @@ def test_linear_layer_of_a_named_policy(tiny):
     np.testing.assert_allclose(np.asarray(dx), dx_ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(dstate["kernel"].get_value()), dw_ref, rtol=1e-5,
                                atol=1e-3)
+
+
+def test_register_policy():
+    pol = bn.Policy("test_registered_w8", (bn.Rule(bn.PROJ, weight="int8@channel"),
+                                           bn.Rule("lm_head")))
+    assert bn.register_policy(pol) is pol
+    assert bn.register_policy(bn.Policy(pol.name, pol.rules)) is not None  # equal: no-op
+    assert bn.resolve_policy("test_registered_w8") is not None
+    assert "test_registered_w8" in bn.policy_names()
+    assert "test_registered_w8" not in bn.NAMED_POLICIES
+    other = bn.Policy("test_registered_w8", (bn.Rule(".*"),))
+    with pytest.raises(ValueError, match="different policy named 'test_registered_w8'"):
+        bn.register_policy(other)
+    bn.register_policy(other, replace=True)
+    assert bn.resolve_policy("test_registered_w8") == other
+    with pytest.raises(ValueError, match="built-in policy name"):
+        bn.register_policy(bn.Policy("fp8", (bn.Rule(".*"),)))
+    with pytest.raises(TypeError, match="expected a bitscale.nn.Policy"):
+        bn.register_policy("fp8")
+    with pytest.raises(ValueError, match=r"unknown precision policy 'fp9'.*register_policy"):
+        bn.resolve_policy("fp9")

@@ -160,3 +160,14 @@ def test_restore_model_from_a_run(tmp_path):
         loop.restore_model(cfg, str(tmp_path), step=7)
     with pytest.raises(loop.CheckpointError, match="does not exist"):
         loop.restore_model(cfg, str(tmp_path / "missing"))
+
+
+def test_config_selects_a_policy_registered_by_the_config_file(tmp_path):
+    cfg = tiny_config()  # configs/tiny.py registers W4A4_MLP_FP8_ATTN at import
+    cfg.policy = "w4a4_mlp_fp8_attn"
+    cfg.train.steps = 2
+    out = loop.train(cfg, str(tmp_path))
+    assert np.isfinite(out["metrics"]["loss"])
+    model, _ = loop.restore_model(cfg, str(tmp_path))
+    assert model.policy.name == "w4a4_mlp_fp8_attn"
+    assert model.layers[0].mlp.up_proj.rule.weight.name == "mxfp4"

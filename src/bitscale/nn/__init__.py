@@ -6,7 +6,8 @@ from bitscale.nn.hf import from_hf, load_tokenizer, to_hf
 from bitscale.nn.layers import Embed, Linear, PackedWeight, RMSNorm
 from bitscale.nn.llama import Llama, apply, module_paths
 from bitscale.nn.packed import packed_matmul
-from bitscale.nn.policy import NAMED_POLICIES, PROJ, Policy, Rule, resolve_policy
+from bitscale.nn.policy import (NAMED_POLICIES, PROJ, Policy, Rule, policy_names,
+                                 register_policy, resolve_policy)
 from bitscale.nn.ptq import packed_bits, quantize_weights
 from bitscale.nn.qdot import make_dot_general, qdot, slot_key
 from bitscale.nn.sharding import (
@@ -16,6 +17,6 @@ __all__ = [
     "DEFAULT_AXIS_RULES", "Embed", "KVCache", "Linear", "Llama", "MESH_AXES", "ModelConfig",
     "NAMED_POLICIES", "PROJ", "PackedWeight", "Policy", "RMSNorm", "RopeScaling", "Rule", "apply",
     "constrain", "from_hf", "init_cache", "load_tokenizer", "logical_to_spec", "make_dot_general",
-    "make_mesh", "module_paths", "packed_bits", "packed_matmul", "param_specs", "qdot",
-    "quantize_weights", "resolve_policy", "shard_model", "slot_key", "to_hf",
+    "make_mesh", "module_paths", "packed_bits", "packed_matmul", "param_specs", "policy_names",
+    "qdot", "quantize_weights", "register_policy", "resolve_policy", "shard_model", "slot_key", "to_hf",
 ]

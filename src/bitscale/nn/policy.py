@@ -230,6 +230,8 @@ NAMED_POLICIES: dict[str, Policy] = {
     "fp32": Policy("fp32", (Rule(".*", compute_dtype="float32"),)),
     "bf16": Policy("bf16", (Rule(".*", compute_dtype="bfloat16"),), param_dtype="bfloat16",
                    act_dtype="bfloat16"),
+    "fp16": Policy("fp16", (Rule(".*", compute_dtype="float16"),), param_dtype="float16",
+                   act_dtype="float16"),
     "layercast": Policy("layercast", (Rule(".*", compute_dtype="float32"),),
                         param_dtype="bfloat16", act_dtype="float32"),
     # Row-wise (per token / per output channel) scaled FP8, torchao "float8 rowwise" style.
@@ -244,11 +246,45 @@ NAMED_POLICIES: dict[str, Policy] = {
 }
 
 
+_REGISTERED: dict[str, Policy] = {}
+
+
+def register_policy(policy: Policy, *, replace: bool = False) -> Policy:
+    """Makes a user-defined ``policy`` selectable by its name wherever a policy name is accepted
+    (`resolve_policy`, a config's ``policy`` key, ``--config.policy=<name>``); returns it.
+
+    A config file that defines a policy registers it at import, so the policy is known by the
+    time the launcher resolves ``cfg.policy``. Registering an equal policy again is a no-op; a
+    different one under a taken name raises unless ``replace``. Built-in names cannot be
+    replaced.
+    """
+    if not isinstance(policy, Policy):
+        raise TypeError(f"register_policy: expected a bitscale.nn.Policy, got {policy!r}")
+    if policy.name in NAMED_POLICIES:
+        raise ValueError(f"register_policy: {policy.name!r} is a built-in policy name; "
+                         f"choose another (built-ins: {sorted(NAMED_POLICIES)})")
+    old = _REGISTERED.get(policy.name)
+    if old is not None and old != policy and not replace:
+        raise ValueError(f"register_policy: a different policy named {policy.name!r} is "
+                         "already registered (pass replace=True to replace it)")
+    _REGISTERED[policy.name] = policy
+    return policy
+
+
+def policy_names() -> list[str]:
+    """Built-in (`NAMED_POLICIES`) and registered policy names."""
+    return sorted(NAMED_POLICIES) + sorted(_REGISTERED)
+
+
 def resolve_policy(policy: "str | Policy") -> Policy:
-    """A `Policy` object, or the named policy; unknown names list the valid ones."""
+    """A `Policy` object, or the named (built-in or registered) policy; unknown names list the
+    valid ones."""
     if isinstance(policy, Policy):
         return policy
     if isinstance(policy, str) and policy in NAMED_POLICIES:
         return NAMED_POLICIES[policy]
+    if isinstance(policy, str) and policy in _REGISTERED:
+        return _REGISTERED[policy]
     raise ValueError(f"unknown precision policy {policy!r}; valid names: "
-                     f"{sorted(NAMED_POLICIES)} (or pass a bitscale.nn.Policy)")
+                     f"{policy_names()} (or pass a bitscale.nn.Policy, or register one with "
+                     "bitscale.nn.register_policy)")

@@ -8,8 +8,8 @@
   ``<base>_batch_invariant`` (``fp32_batch_invariant``, ``bf16_batch_invariant``, ...). Build
   such models with `make_model` (it picks the tiled model class, and installs the policy's
   ``reduction`` in the RMSNorms, to which `bitscale.nn.Llama` does not hand the policy).
-* ``fp16``: float16 weights, activations and products (float32 accumulation). It lives here
-  because `bitscale.nn.NAMED_POLICIES` is pinned by the nn tests.
+* ``fp16`` (in `bitscale.nn`): float16 weights, activations and products (float32
+  accumulation).
 * ``layercast`` (in `bitscale.nn`): bfloat16 weights, float32 computation (Yuan et al.).
 
 References:
@@ -80,7 +80,7 @@ def batch_dependent(policy: "str | Policy" = "fp32", **kw) -> Policy:
 
 
 def policy_names() -> list[str]:
-    base = sorted(set(bnn.NAMED_POLICIES) | set(POLICIES))
+    base = sorted(set(bnn.policy_names()) | set(POLICIES))
     return base + [f"<name>{BATCH_INVARIANT_SUFFIX}"]
 
 
@@ -99,15 +99,15 @@ def resolve_policy(policy: "str | Policy") -> Policy:
             return bnn.NAMED_POLICIES[policy]
         base = policy[:-len(BATCH_INVARIANT_SUFFIX)]
         if policy.endswith(BATCH_INVARIANT_SUFFIX) and (base in POLICIES
-                                                        or base in bnn.NAMED_POLICIES):
+                                                        or base in bnn.policy_names()):
             return batch_invariant(base)
+        if policy in bnn.policy_names():  # registered with bitscale.nn.register_policy
+            return bnn.resolve_policy(policy)
     raise ValueError(f"unknown precision policy {policy!r}; valid names: {policy_names()} "
                      "(or pass a bitscale.nn.Policy)")
 
 
 POLICIES: dict[str, Policy] = {
-    "fp16": Policy("fp16", (Rule(".*", compute_dtype="float16"),), param_dtype="float16",
-                   act_dtype="float16"),
     "fp32_batch_invariant": batch_invariant(bnn.NAMED_POLICIES["fp32"]),
 }
 """Named policies added by `bitscale.repro` (on top of `bitscale.nn.NAMED_POLICIES`)."""

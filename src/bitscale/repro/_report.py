@@ -19,8 +19,9 @@ def _div(s: dict) -> str:
 
 
 def markdown(result: dict[str, Any], *, title: str = "bitscale: reproducibility study",
-             intro: str = "") -> str:
-    """The study report as markdown (three tables plus notes)."""
+             intro: str = "", heading: str = "#") -> str:
+    """The study report as markdown (three tables plus notes); ``heading`` is the title's
+    markdown level (subsections get one more ``#``)."""
     ref = result["reference"]["cell"]
     cells = markdown_table(
         ("cell", "accuracy", "mean length", "diverged vs ref", "first divergence median "
@@ -56,12 +57,13 @@ def markdown(result: dict[str, Any], *, title: str = "bitscale: reproducibility 
         "of accuracy over the group's cells. **Avg_Std@length**: per-problem standard deviation "
         "of output length over the cells, averaged over problems.",
     ]
-    parts = [f"# {title}", ""]
+    sub = heading + "#"
+    parts = [f"{heading} {title}", ""]
     if intro:
         parts += [intro, ""]
-    parts += ["## Per cell", "", cells, "## Per policy", "", by_policy,
-              "## Per configuration, across batch sizes", "", by_config, "## Whole grid", "",
-              whole, *notes, "", "![divergence from the reference](repro_divergence.png)", ""]
+    parts += [f"{sub} Per cell", "", cells, f"{sub} Per policy", "", by_policy,
+              f"{sub} Per configuration, across batch sizes", "", by_config, f"{sub} Whole grid",
+              "", whole, *notes, "", "![divergence from the reference](repro_divergence.png)", ""]
     return "\n".join(parts)
 
 
