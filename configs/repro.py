@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.eval.seed = 1
     cfg.eval.max_prompt_len = 24          # = run.data.max_prompt_len
     cfg.eval.max_new_tokens = 64
+    cfg.eval.strategy = "greedy"          # or a sampling strategy: "temperature:1.0", "top_p:0.9"
+    cfg.eval.sample_seed = 0              # problem i samples with fold_in(key(seed), i)
 
     cfg.grid = ml_collections.ConfigDict()
     cfg.grid.policies = ("fp32", "bf16", "fp16", "layercast", "fp8", "fp32_batch_invariant")

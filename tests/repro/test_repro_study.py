@@ -136,3 +136,30 @@ def test_launcher_rejects_misspelt_key(tmp_path):
          f"--workdir={tmp_path}", "--config.grid.batch_size=(1,)"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode != 0 and "batch_size" in proc.stderr
+
+
+def test_sampled_study_keys_each_problem_not_each_row():
+    """Sampled decoding: problem i draws from fold_in(key, i) whatever the batch, so the
+    batch-invariant cells agree token for token, and the samples are not the greedy outputs."""
+    model = bn.Llama(SMALL, "fp32", rngs=nnx.Rngs(0))
+    task, tok = bdata.Arithmetic(digits=2), bdata.CharTokenizer()
+    examples = task.generate("test", 5, 0)
+    grid = [repro.Cell("fp32_batch_invariant", 1), repro.Cell("fp32_batch_invariant", 3)]
+    result = repro.run_study(model, task, tok, examples, grid, reference=grid[0],
+                             max_prompt_len=24, max_new_tokens=10, strategy="temperature:1.0",
+                             seed=3)
+    assert result["decoding"] == "Temperature(t=1.0)"
+    assert [c["diverged_fraction"] for c in result["cells"]] == [0.0, 0.0]
+    inv = repro.with_policy(model, repro.resolve_policy("fp32_batch_invariant"))
+    kw = dict(batch_size=3, max_prompt_len=24, max_new_tokens=10)
+    s1, _ = repro.greedy_outputs(inv, examples, tok, strategy="temperature:1.0", seed=3, **kw)
+    s2, _ = repro.greedy_outputs(inv, examples[::-1], tok, strategy="temperature:1.0", seed=3,
+                                 **kw)
+    g, _ = repro.greedy_outputs(inv, examples, tok, **kw)
+    assert not np.array_equal(s1, g)
+    # the same problems in another order get other keys (key = position in the list)...
+    assert not np.array_equal(s1, s2[::-1])
+    # ...and the same list at another batch size gets the same samples
+    s3, _ = repro.greedy_outputs(inv, examples, tok, strategy="temperature:1.0", seed=3,
+                                 batch_size=1, max_prompt_len=24, max_new_tokens=10)
+    np.testing.assert_array_equal(s1, s3)

@@ -45,7 +45,8 @@ def markdown(result: dict[str, Any], *, title: str = "bitscale: reproducibility 
     whole = markdown_table(("grid",) + heads, group_rows({"all cells": result["grid"]}))
     notes = [
         f"- Reference cell: `{ref}` (accuracy {result['reference']['accuracy']:.3f}); "
-        f"{result['n_problems']} problems, greedy decoding of at most "
+        f"{result['n_problems']} problems, {result.get('decoding', 'greedy')} decoding "
+        f"(the same key per problem in every cell) of at most "
         f"{result['max_new_tokens']} tokens, prompts left-padded to "
         f"{result['max_prompt_len']} tokens in every cell.",
         "- Cell names are `policy/order/b<batch>`: `native` is the backend's own GEMM; "

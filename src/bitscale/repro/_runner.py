@@ -74,7 +74,9 @@ def run_from_config(cfg, workdir: str, checkpoint: str | None = None,
     reference = Cell(ref.policy, int(ref.batch_size), ref.order, ref.acc_dtype)
     result = run_study(model, task, tok, examples, grid, reference=reference,
                        max_prompt_len=int(cfg.eval.max_prompt_len),
-                       max_new_tokens=int(cfg.eval.max_new_tokens), progress=progress)
+                       max_new_tokens=int(cfg.eval.max_new_tokens), progress=progress,
+                       strategy=cfg.eval.get("strategy", "greedy"),
+                       seed=int(cfg.eval.get("sample_seed", 0)))
     m = run.model
     n_params = sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     result["source"] = source

@@ -27,9 +27,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from bitscale import nn as bnn
+from bitscale import sampling
 from bitscale.data import Example, Tokenizer, make_batch
 from bitscale.repro import _metrics as M
 from bitscale.repro._hooks import Reduction
@@ -101,11 +103,19 @@ def make_grid(policies: Iterable[str], batch_sizes: Iterable[int],
 
 
 def greedy_outputs(model, examples: Sequence[Example], tokenizer: Tokenizer, *,
-                   batch_size: int, max_prompt_len: int,
-                   max_new_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+                   batch_size: int, max_prompt_len: int, max_new_tokens: int,
+                   strategy: "str | sampling.Strategy | None" = None,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(tokens [N, max_new_tokens], lengths [N])`` of greedy decoding in fixed-shape batches
     ``[batch_size, max_prompt_len]`` (as `bitscale.train.evaluate.accuracy` batches: the last
-    batch is filled with copies of its first example, whose outputs are dropped)."""
+    batch is filled with copies of its first example, whose outputs are dropped).
+
+    With a sampling ``strategy`` (`bitscale.sampling.parse_strategy`), problem ``i`` is sampled
+    with the key ``fold_in(key(seed), i)`` whatever its batch and row, so two runs differ only
+    through their numerics.
+    """
+    strategy = None if strategy in (None, "greedy") else sampling.parse_strategy(strategy)
+    base = jax.random.key(int(seed))
     toks, lens = [], []
     for start in range(0, len(examples), batch_size):
         chunk = list(examples[start:start + batch_size])
@@ -113,8 +123,16 @@ def greedy_outputs(model, examples: Sequence[Example], tokenizer: Tokenizer, *,
         chunk += [chunk[0]] * (batch_size - real)
         stubs = [dataclasses.replace(ex, target="") for ex in chunk]
         arrays = make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1)
-        t, n = greedy_decode(model, arrays["prompt"], arrays["prompt_mask"], max_new_tokens,
-                             tokenizer.eos_id, tokenizer.pad_id)
+        if strategy is None:
+            t, n = greedy_decode(model, arrays["prompt"], arrays["prompt_mask"], max_new_tokens,
+                                 tokenizer.eos_id, tokenizer.pad_id)
+        else:
+            idx = np.minimum(np.arange(start, start + batch_size), start + real - 1)
+            keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
+            out = sampling.sample(model, arrays["prompt"], arrays["prompt_mask"],
+                                  strategy=strategy, key=keys, max_new_tokens=max_new_tokens,
+                                  eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+            t, n = out.tokens, out.lengths
         toks.append(np.asarray(t)[:real])
         lens.append(np.asarray(n)[:real])
     return np.concatenate(toks), np.concatenate(lens)
@@ -131,11 +149,12 @@ def _check(task, tokenizer: Tokenizer, tokens: np.ndarray, example: Example) -> 
 
 
 def _evaluate(model, cell: Cell, examples, task, tokenizer, max_prompt_len: int,
-              max_new_tokens: int) -> dict[str, Any]:
+              max_new_tokens: int, strategy=None, seed: int = 0) -> dict[str, Any]:
     t0 = time.perf_counter()
     cell_model = with_policy(model, cell.make_policy())
     toks, lens = greedy_outputs(cell_model, examples, tokenizer, batch_size=cell.batch_size,
-                                max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens)
+                                max_prompt_len=max_prompt_len, max_new_tokens=max_new_tokens,
+                                strategy=strategy, seed=seed)
     correct = [_check(task, tokenizer, toks[i, :lens[i]], ex) for i, ex in enumerate(examples)]
     return {"cell": cell.name, "config": cell.config, "policy": cell.policy,
             "order": cell.order, "acc_dtype": cell.acc_dtype, "batch_size": cell.batch_size,
@@ -158,8 +177,11 @@ def _group(rows: list[dict]) -> dict[str, Any]:
 def run_study(model: bnn.Llama, task: Any, tokenizer: Tokenizer, examples: Sequence[Example],
               grid: Sequence[Cell], *, max_prompt_len: int, max_new_tokens: int,
               reference: Cell | None = None,
-              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Greedy evaluation of ``model`` in every cell of ``grid``, compared with ``reference``.
+              progress: Callable[[str], None] | None = None,
+              strategy: "str | sampling.Strategy | None" = None,
+              seed: int = 0) -> dict[str, Any]:
+    """Greedy (or sampled) evaluation of ``model`` in every cell of ``grid``, compared with
+    ``reference``.
 
     Args:
       model: a `bitscale.nn.Llama` (any policy); each cell gets a copy with the parameters cast
@@ -170,6 +192,10 @@ def run_study(model: bnn.Llama, task: Any, tokenizer: Tokenizer, examples: Seque
       reference: the cell every other is compared with; default ``fp32``, native order, the
         smallest batch size of the grid. Evaluated once even when it is also in the grid.
       progress: called with one line per evaluated cell.
+      strategy: None / ``"greedy"``, or a sampling strategy (``"temperature:1.0"``): every cell
+        samples problem ``i`` with the same key (`greedy_outputs`), so outputs differ only
+        through the cell's numerics.
+      seed: the sampling key.
     Returns:
       a JSON-able dict: ``reference``, ``n_problems``, ``max_new_tokens``, ``cells`` (per cell:
       accuracy, lengths, ``diverged_fraction`` and per-problem ``first_divergence`` from the
@@ -187,12 +213,13 @@ def run_study(model: bnn.Llama, task: Any, tokenizer: Tokenizer, examples: Seque
     if not examples:
         raise ValueError("run_study: no examples")
     grid = list(dict.fromkeys(grid))
+    decoding = "greedy" if strategy in (None, "greedy") else str(sampling.parse_strategy(strategy))
     reference = reference or Cell("fp32", min(c.batch_size for c in grid))
     say = progress or (lambda line: None)
     done: dict[Cell, dict] = {}
     for i, cell in enumerate([reference] + [c for c in grid if c != reference]):
         done[cell] = _evaluate(model, cell, examples, task, tokenizer, max_prompt_len,
-                               max_new_tokens)
+                               max_new_tokens, strategy, seed)
         r = done[cell]
         say(f"[{i + 1}/{len(grid) + (reference not in grid)}] {cell.name}: accuracy "
             f"{r['accuracy']:.3f}, mean length {r['mean_length']:.1f} ({r['seconds']:.1f} s)")
@@ -211,6 +238,7 @@ def run_study(model: bnn.Llama, task: Any, tokenizer: Tokenizer, examples: Seque
               for p in by_policy}
     strip = lambda r: {k: v for k, v in r.items() if not k.startswith("_")}  # noqa: E731
     return {"reference": strip(done[reference]), "n_problems": len(examples),
+            "decoding": decoding,
             "max_new_tokens": int(max_new_tokens), "max_prompt_len": int(max_prompt_len),
             "cells": [strip(r) for r in rows], "grid": _group(rows), "by_policy": by_policy,
             "by_config": by_config, "curves": curves}
