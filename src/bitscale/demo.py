@@ -9,7 +9,10 @@ models trained in the first:
 2. test-time scaling (`bitscale.tts_study`): N samples per held-out problem from every
    recipe's model (vmapped best-of-N), pass@k, majority vote and imperfect-verifier accuracy
    against k, K*;
-3. quantization error by format (`bitscale.format_study`, seconds).
+3. reproducibility (`bitscale.repro`): the fp32 model's greedy outputs under other precisions
+   (bf16, fp16, LayerCast, fp8), batch sizes and emulated accumulation orders, against the
+   fp32 batch-1 reference, with the batch-invariant mode as control;
+4. quantization error by format (`bitscale.format_study`, seconds).
 
     python -m bitscale.demo [--out runs/demo] [--steps N] [--eval-problems N]
                             [--tts-problems N] [--tts-samples N] [--quick]
@@ -27,9 +30,20 @@ import pathlib
 import sys
 import time
 
-from bitscale import format_study, precision_study, tts_study
+from bitscale import format_study, precision_study, repro, tts_study
 
-QUICK = {"steps": 4, "eval_problems": 8, "tts_problems": 4, "tts_samples": 4}
+QUICK = {"steps": 4, "eval_problems": 8, "tts_problems": 4, "tts_samples": 4,
+         "repro_problems": 4}
+# (policies, batch sizes, orders, accumulation dtypes) blocks of the reproducibility grid
+REPRO_GRID = (
+    (("fp32", "bf16", "fp16", "layercast", "fp8", "fp32_batch_invariant"), (1, 16), ("native",),
+     ("float32",)),
+    (("bf16",), (16,), ("split_k:4",), ("float32", "bfloat16")),
+)
+QUICK_REPRO_GRID = (
+    (("fp32", "bf16", "fp32_batch_invariant"), (1, 4), ("native",), ("float32",)),
+    (("bf16",), (4,), ("split_k:4",), ("bfloat16",)),
+)
 
 
 def build_report(sections: list[str], wall_s: float) -> str:
@@ -59,9 +73,32 @@ def tts_section(results: list[dict], ctx: dict, out: pathlib.Path, *, problems: 
     return tts_study.section(per_recipe, out, settings, problems=len(examples))
 
 
+def repro_section(results: list[dict], ctx: dict, out: pathlib.Path, *, problems: int,
+                  grid_blocks=REPRO_GRID) -> str:
+    """The reproducibility study on the baseline recipe's model."""
+    cfg = ctx["cfg"]
+    base = next((r for r in results if r["recipe"] == precision_study.BASELINE), results[0])
+    grid = [c for block in grid_blocks for c in repro.make_grid(*block)]
+    result = repro.run_study(base["model"], ctx["task"], ctx["tokenizer"],
+                             ctx["test"][:problems], grid,
+                             max_prompt_len=int(cfg.data.max_prompt_len),
+                             max_new_tokens=int(cfg.data.max_len) - 2,
+                             progress=lambda msg: print(f"[repro] {msg}", flush=True))
+    intro = (f"Greedy decoding of the `{base['recipe']}` model of the precision study on "
+             f"{len(ctx['test'][:problems])} held-out problems, re-run under each cell's "
+             "precision policy, batch size and (emulated) matmul accumulation order, and "
+             "compared token by token with the fp32 batch-1 run (Yuan et al., \"Give Me FP32 "
+             "or Give Me Death?\", arXiv:2506.09501). `fp32_batch_invariant` runs every row "
+             "through the same batch-1 program, so its outputs cannot depend on the batch.")
+    repro.write_report(result, str(out), title="Reproducibility: precision, batch size and "
+                       "reduction order", intro=intro, heading="##")
+    return repro.markdown(result, title="Reproducibility: precision, batch size and reduction "
+                          "order", intro=intro, heading="##")
+
+
 def run(out: pathlib.Path, *, steps: int | None = None, eval_problems: int = 200,
-        recipes: list[str] | None = None, tts_problems: int = 64,
-        tts_samples: int = 64) -> str:
+        recipes: list[str] | None = None, tts_problems: int = 32,
+        tts_samples: int = 64, repro_problems: int = 32, quick: bool = False) -> str:
     """Runs every section into ``out`` and returns the report's markdown."""
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +106,8 @@ def run(out: pathlib.Path, *, steps: int | None = None, eval_problems: int = 200
     results, ctx = precision_study.run(out, recipes, steps, eval_problems, report=False)
     sections = [precision_study.section(results, out, ctx["cfg"], ctx["wall_s"])]
     sections.append(tts_section(results, ctx, out, problems=tts_problems, samples=tts_samples))
+    sections.append(repro_section(results, ctx, out, problems=repro_problems,
+                                  grid_blocks=QUICK_REPRO_GRID if quick else REPRO_GRID))
     print("format study ...", flush=True)
     sections.append(format_study.section(heading="##"))
     report = build_report(sections, time.perf_counter() - t0)
@@ -84,9 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-problems", default=200, type=int)
     parser.add_argument("--recipes", nargs="+", default=list(precision_study.RECIPES),
                         choices=list(precision_study.RECIPES))
-    parser.add_argument("--tts-problems", default=64, type=int,
+    parser.add_argument("--tts-problems", default=32, type=int,
                         help="held-out problems of the test-time-scaling section")
     parser.add_argument("--tts-samples", default=64, type=int, help="samples per problem (N)")
+    parser.add_argument("--repro-problems", default=32, type=int,
+                        help="held-out problems of the reproducibility section")
     parser.add_argument("--quick", action="store_true",
                         help=f"tiny budget through the same code path ({QUICK})")
     args = parser.parse_args(argv)
@@ -96,9 +137,12 @@ def main(argv: list[str] | None = None) -> None:
         steps, n_eval = steps or QUICK["steps"], min(n_eval, QUICK["eval_problems"])
         tts_problems = min(tts_problems, QUICK["tts_problems"])
         tts_samples = min(tts_samples, QUICK["tts_samples"])
+    repro_problems = min(args.repro_problems, QUICK["repro_problems"]) if args.quick \
+        else args.repro_problems
     t0 = time.perf_counter()
     run(args.out, steps=steps, eval_problems=n_eval, recipes=args.recipes,
-        tts_problems=tts_problems, tts_samples=tts_samples)
+        tts_problems=tts_problems, tts_samples=tts_samples, repro_problems=repro_problems,
+        quick=args.quick)
     print(f"wrote {args.out / 'report.md'} in {time.perf_counter() - t0:.0f} s", file=sys.stdout)
 
 
