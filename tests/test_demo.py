@@ -38,9 +38,10 @@ def test_quick_demo_writes_every_section(tmp_path, capsys):
         assert f"[tts] {name}:" in out
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Precision vs accuracy", "## Test-time scaling",
-                    "## Quantization error by format"):
+                    "## Reproducibility", "## Quantization error by format"):
         assert heading in report
-    precision, tts, formats = _tables(report)[:3]
+    tables = _tables(report)
+    precision, tts, repro_cells, formats = tables[0], tables[1], tables[2], tables[-1]
 
     assert [r["recipe"] for r in precision] == recipes
     for r in precision:
@@ -61,7 +62,14 @@ def test_quick_demo_writes_every_section(tmp_path, capsys):
         assert c["k_star"] >= 1
     assert any(r["spec"] == "mxfp4" for r in formats)
 
-    for png in ("loss_curves.png", "pass_at_k.png", "selection.png"):
+    cells = {r["cell"].strip("`"): r for r in repro_cells}
+    assert "fp32/native/b1" in cells and "fp32_batch_invariant/native/b4" in cells
+    assert float(cells["fp32/native/b1"]["diverged vs ref"]) == 0.0  # the reference itself
+    assert float(cells["fp32_batch_invariant/native/b4"]["diverged vs ref"]) >= 0.0
+    repro = json.loads((tmp_path / "repro.json").read_text())
+    assert repro["n_problems"] == 4 and repro["reference"]["cell"] == "fp32/native/b1"
+
+    for png in ("loss_curves.png", "pass_at_k.png", "selection.png", "repro_divergence.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC, png
     for name in recipes:
         assert (tmp_path / name / "metrics.jsonl").exists()
