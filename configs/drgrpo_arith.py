@@ -1,0 +1,29 @@
+"""Dr. GRPO on the built-in arithmetic task: configs/grpo_arith.py with unnormalised advantages,
+the constant-length loss normaliser and no KL penalty.
+
+    python -m bitscale.train --config=configs/demo.py --workdir=runs/sft
+    python -m bitscale.rl --config=configs/drgrpo_arith.py --workdir=runs/drgrpo \
+        --config.rl.init_checkpoint=runs/sft
+
+References:
+  Liu et al., "Understanding R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO),
+  arXiv:2503.20783.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "_bitscale_grpo_arith_config",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_arith.py"))
+_grpo = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_grpo)
+
+
+def get_config():
+    """Dr. GRPO: advantages r - mean, sum over tokens / (sequences * max_new_tokens), beta 0."""
+    cfg = _grpo.base_config(algorithm="drgrpo", aggregation="constant_length", beta=0.0)
+    cfg.lock()
+    return cfg
