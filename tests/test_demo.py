@@ -38,7 +38,8 @@ def test_quick_demo_writes_every_section(tmp_path, capsys):
         assert f"[tts] {name}:" in out
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Precision vs accuracy", "## Test-time scaling",
-                    "## Reproducibility", "## Quantization error by format"):
+                    "## Reproducibility", "## RL in low precision",
+                    "## Quantization error by format"):
         assert heading in report
     tables = _tables(report)
     precision, tts, repro_cells, formats = tables[0], tables[1], tables[2], tables[-1]
@@ -69,7 +70,9 @@ def test_quick_demo_writes_every_section(tmp_path, capsys):
     repro = json.loads((tmp_path / "repro.json").read_text())
     assert repro["n_problems"] == 4 and repro["reference"]["cell"] == "fp32/native/b1"
 
-    for png in ("loss_curves.png", "pass_at_k.png", "selection.png", "repro_divergence.png"):
+    assert "[rl 1/2] grpo G=2 fp8:" in out and "[rl 2/2] mc_grpo G=2 fp8:" in out
+    for png in ("loss_curves.png", "pass_at_k.png", "selection.png", "repro_divergence.png",
+                "rl_reward.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC, png
     for name in recipes:
         assert (tmp_path / name / "metrics.jsonl").exists()

@@ -12,7 +12,10 @@ models trained in the first:
 3. reproducibility (`bitscale.repro`): the fp32 model's greedy outputs under other precisions
    (bf16, fp16, LayerCast, fp8), batch sizes and emulated accumulation orders, against the
    fp32 batch-1 reference, with the batch-invariant mode as control;
-4. quantization error by format (`bitscale.format_study`, seconds).
+4. RL in low precision (`bitscale.rl_study`): GRPO vs MC-GRPO at G = 2 and 8 under bf16 and
+   fp8, from an early (step ``RL_INIT_STEP``) checkpoint of the fp32 run, so there is reward
+   left to gain;
+5. quantization error by format (`bitscale.format_study`, seconds).
 
     python -m bitscale.demo [--out runs/demo] [--steps N] [--eval-problems N]
                             [--tts-problems N] [--tts-samples N] [--quick]
@@ -30,7 +33,8 @@ import pathlib
 import sys
 import time
 
-from bitscale import format_study, precision_study, repro, tts_study
+from bitscale import format_study, precision_study, repro, rl_study, tts_study
+from bitscale.train import loop as train_loop
 
 QUICK = {"steps": 4, "eval_problems": 8, "tts_problems": 4, "tts_samples": 4,
          "repro_problems": 4}
@@ -40,6 +44,8 @@ REPRO_GRID = (
      ("float32",)),
     (("bf16",), (16,), ("split_k:4",), ("float32", "bfloat16")),
 )
+RL_INIT_STEP = 200  # configs/demo.py checkpoints every 200 steps
+RL_BUDGET = {"steps": 6, "prompts_per_step": 8, "eval_examples": 32}
 QUICK_REPRO_GRID = (
     (("fp32", "bf16", "fp32_batch_invariant"), (1, 4), ("native",), ("float32",)),
     (("bf16",), (4,), ("split_k:4",), ("bfloat16",)),
@@ -96,6 +102,19 @@ def repro_section(results: list[dict], ctx: dict, out: pathlib.Path, *, problems
                           "order", intro=intro, heading="##")
 
 
+def rl_section(results: list[dict], ctx: dict, out: pathlib.Path, *, quick: bool) -> str:
+    """RL runs from an early checkpoint of the baseline recipe (the final one if none)."""
+    base = next((r for r in results if r["recipe"] == precision_study.BASELINE), results[0])
+    cfg = base["cfg"]
+    model, step = base["model"], int(cfg.train.steps)
+    if not quick and step > RL_INIT_STEP:
+        model, step = train_loop.restore_model(cfg, str(out / base["recipe"]), RL_INIT_STEP)
+    print(f"[rl] starting from the {base['recipe']} model at step {step}", flush=True)
+    budget = (dict(rl_study.QUICK, groups=(2,), policies=("fp8",)) if quick
+              else dict(RL_BUDGET))
+    return rl_study.run(model, cfg, ctx["task"], ctx["tokenizer"], out, **budget)
+
+
 def run(out: pathlib.Path, *, steps: int | None = None, eval_problems: int = 200,
         recipes: list[str] | None = None, tts_problems: int = 32,
         tts_samples: int = 64, repro_problems: int = 32, quick: bool = False) -> str:
@@ -108,6 +127,7 @@ def run(out: pathlib.Path, *, steps: int | None = None, eval_problems: int = 200
     sections.append(tts_section(results, ctx, out, problems=tts_problems, samples=tts_samples))
     sections.append(repro_section(results, ctx, out, problems=repro_problems,
                                   grid_blocks=QUICK_REPRO_GRID if quick else REPRO_GRID))
+    sections.append(rl_section(results, ctx, out, quick=quick))
     print("format study ...", flush=True)
     sections.append(format_study.section(heading="##"))
     report = build_report(sections, time.perf_counter() - t0)
