@@ -44,7 +44,7 @@ REPRO_GRID = (
      ("float32",)),
     (("bf16",), (16,), ("split_k:4",), ("float32", "bfloat16")),
 )
-RL_INIT_STEP = 200  # configs/demo.py checkpoints every 200 steps
+RL_INIT_STEP = 300  # configs/demo.py checkpoints every 100 steps
 RL_BUDGET = {"steps": 6, "prompts_per_step": 8, "eval_examples": 32}
 QUICK_REPRO_GRID = (
     (("fp32", "bf16", "fp32_batch_invariant"), (1, 4), ("native",), ("float32",)),
