@@ -7,7 +7,7 @@ as a ratio to bf16 and fp32, all measured in the same run.
 
 Model: configs/tiny.py (random init, so every completion runs to ``--max-new-tokens``: a fixed
 decode length). One RL step = `bitscale.rl.rollout` of ``--prompts`` 2-digit addition prompts x
-``--group`` samples (`temperature:1.0`, vmapped best-of-N, host decoding and binary rewards,
+``--group`` samples (`temperature:1.0`, shared-prefill best-of-N, host decoding and binary rewards,
 teacher-forced batch), then the jitted `bitscale.rl.make_rl_step` (GRPO advantages,
 ``--epochs`` clipped updates of Adam; with ``--ref`` also the reference forward under the same
 policy). Times are medians of ``--repeats`` rounds after a warm-up (compile excluded), the

@@ -1,5 +1,5 @@
 """Best-of-N decode throughput: `bitscale.sampling.sample_n` (one prefill, cache broadcast to N,
-decoding vmapped over N keys) as a ratio to N sequential N=1 runs, and to Hugging Face
+the N samples decoded as one batch) as a ratio to N sequential N=1 runs, and to Hugging Face
 transformers ``generate(do_sample=True, num_return_sequences=N)`` on the same weights.
 
     python benchmarks/sampling_bench.py [--sizes tiny,100m] [--ns 1,8,64] [--max-new-tokens 32]

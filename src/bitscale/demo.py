@@ -7,7 +7,7 @@ models trained in the first:
    2-digit addition with worked steps under fp32, bf16, fp8, mxfp4 and int4@g128, evaluated by
    greedy accuracy, with a loss-curve plot;
 2. test-time scaling (`bitscale.tts_study`): N samples per held-out problem from every
-   recipe's model (vmapped best-of-N), pass@k, majority vote and imperfect-verifier accuracy
+   recipe's model (shared-prefill best-of-N), pass@k, majority vote and imperfect-verifier accuracy
    against k, K*;
 3. reproducibility (`bitscale.repro`): the fp32 model's greedy outputs under other precisions
    (bf16, fp16, LayerCast, fp8), batch sizes and emulated accumulation orders, against the

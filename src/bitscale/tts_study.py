@@ -1,6 +1,6 @@
 """Test-time scaling of trained models: N samples per problem, pass@k, votes and verifiers.
 
-`collect` draws N samples per held-out problem with the vmapped best-of-N sampler (one prefill
+`collect` draws N samples per held-out problem with the best-of-N sampler (one prefill
 per prompt, the KV cache broadcast to N) and scores them with the task's checker; `analyze`
 turns the [problems, N] grids into curves; `section` writes the `make demo` report section
 (pass@k of every precision recipe on one plot, majority vote and imperfect-verifier accuracy
@@ -195,7 +195,7 @@ def section(per_recipe: dict[str, dict], out: pathlib.Path, settings: TTSSetting
                       f"c={settings.completeness}, s={settings.soundness})")
     lines = [
         f"{heading} Test-time scaling: best-of-N by precision", "",
-        (f"{n} samples per problem (`{settings.strategy}`, vmapped best-of-N: one prefill per "
+        (f"{n} samples per problem (`{settings.strategy}`, best-of-N: one prefill per "
          f"prompt, the KV cache broadcast to the {n} samples) on {problems} held-out problems, "
          "from each recipe's trained model."), "",
         markdown_table(headers, rows),

@@ -57,7 +57,8 @@ def test_scanned_decode_equals_full_forward():
     y0, cache = bn.apply(scan, toks[:, :6], cache=cache)
     y1, cache = bn.apply(scan, toks[:, 6:], cache=cache)
     np.testing.assert_allclose(np.concatenate([y0, y1], 1), full, rtol=0, atol=1e-5)
-    assert cache.k.shape == (TINY.num_layers, 2, 12, TINY.num_kv_heads, TINY.head_dim)
+    assert len(cache.k) == len(cache.v) == TINY.num_layers
+    assert all(a.shape == (2, TINY.num_kv_heads, 12, TINY.head_dim) for a in cache.k + cache.v)
     assert int(cache.index) == 10
 
 
@@ -93,7 +94,7 @@ def test_bf16_policy_dtypes():
     assert m.layers[0].attn.q_proj.kernel.get_value().dtype == jnp.bfloat16
     y = bn.apply(m, jnp.zeros((1, 4), jnp.int32))
     assert y.dtype == jnp.float32
-    assert m.init_cache(1, 8).k.dtype == jnp.bfloat16
+    assert m.init_cache(1, 8).k[0].dtype == jnp.bfloat16
 
 
 def test_model_paths_cover_every_matmul():

@@ -1,4 +1,4 @@
-"""Best-of-N: the vmapped path (one prefill, cache broadcast to N) equals sampling the prompts
+"""Best-of-N: the shared-prefill path (one prefill, cache broadcast to N) equals sampling the prompts
 repeated N times with the same keys, token for token, chunked or not, with the model's layers
 scanned or unrolled; errors."""
 
@@ -44,7 +44,7 @@ def _repeat_path(model, batch, n, key, strategy, **kw):
     return jax.tree.map(lambda a: np.asarray(a).reshape((b, n) + a.shape[1:]), out)
 
 
-def _assert_same(got, ref, atol=1e-6):
+def _assert_same(got, ref, atol=1e-5):
     np.testing.assert_array_equal(got.tokens, ref.tokens)
     np.testing.assert_array_equal(got.lengths, ref.lengths)
     np.testing.assert_array_equal(got.finished, ref.finished)
@@ -56,15 +56,17 @@ STRATEGY = S.MinP(0.02, temperature=1.3)
 
 
 @pytest.mark.parametrize("chunk_size,unroll", [(None, True), (2, False)])
-def test_vmap_best_of_n_equals_batch_repeat(model, batch, chunk_size, unroll):
-    # unroll=False keeps the model's jax.lax.scan over layers inside the vmapped decode step;
-    # the reference always unrolls (one compiled program less; scan and loop agree to ~1e-6).
+def test_best_of_n_equals_batch_repeat(model, batch, chunk_size, unroll):
+    # unroll=False keeps the model's jax.lax.scan over layers inside the decode step; the
+    # reference always unrolls (one compiled program less). Log-probs agree to float32 rounding
+    # (~1e-6 relative): the prefill runs on B rows here and on B * N rows in the reference, and
+    # XLA's sums differ in the last bits between batch shapes.
     key = jax.random.key(7)
     ref = _repeat_path(model, batch, N, key, STRATEGY)
     got = _np(S.sample_n(model, *batch, N, strategy=STRATEGY, key=key, max_new_tokens=T,
                          eos_id=EOS, pad_id=PAD, chunk_size=chunk_size, unroll_layers=unroll))
     assert got.tokens.shape == (2, N, T) and got.lengths.shape == (2, N)
-    _assert_same(got, ref, atol=1e-6 if unroll else 1e-5)
+    _assert_same(got, ref)
     assert len({tuple(r) for r in got.tokens.reshape(-1, T)}) > N     # samples differ
 
 

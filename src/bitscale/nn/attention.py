@@ -43,14 +43,16 @@ class KVCache:
     """Decoding state: keys and values of every layer, which slots hold real tokens, next slot.
 
     Attributes:
-      k, v: [layers, batch, max_len, kv_heads, head_dim].
+      k, v: one array per layer, [batch, kv_heads, max_len, head_dim] (heads before slots, so
+        that decoding attends to a layer's cache without a transpose; one array per layer, so
+        that a decode step writes each layer's new slot in place and reads it without a copy).
       valid: [batch, max_len] bool, True where a slot holds a non-padding token.
       index: int32 scalar, the next slot to write (shared by the batch; rows of different
         lengths are left-padded).
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     valid: jax.Array
     index: jax.Array
 
@@ -61,9 +63,9 @@ class KVCache:
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype="float32") -> KVCache:
     """An empty cache for ``batch`` rows of up to ``max_len`` tokens (prompt included)."""
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 
 class Attention(nnx.Module):
@@ -98,55 +100,57 @@ class Attention(nnx.Module):
         spec = self.cache_rule.act
         return x if spec is None else fake_quant(x, spec, axis=-1)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, *,
-                 kv: Optional[tuple[jax.Array, jax.Array]] = None,
-                 index: Optional[jax.Array] = None,
-                 key: Optional[jax.Array] = None):
-        """Attention of x [batch, length, embed].
+    def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array, *,
+                key: Optional[jax.Array] = None):
+        """Queries [batch, length, heads, head_dim] and the keys / values of ``x`` [batch,
+        length, embed] as the cache holds them: [batch, kv_heads, length, head_dim], rotated
+        and fake-quantized by the ``kv_cache`` rule.
 
         Args:
           cos, sin: float32 rope tables [batch, length, head_dim] at the tokens' positions.
-          mask: bool [batch, length, keys]: True where a query may attend to a key slot.
-          kv: this layer's cached (k, v) [batch, max_len, kv_heads, head_dim]; the new keys and
-            values are placed at slot ``index``. None: attend within x only.
           key: the layer's key for stochastic rounding.
-        Returns:
-          (output [batch, length, embed], (k, v) of the new tokens [batch, length, kv_heads,
-          head_dim], rotated and in the cache's dtype, for the caller to store).
         """
         b, t, _ = x.shape
         nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        g = nh // nkv
         q = self.q_proj(x, key=key).reshape(b, t, nh, d)
         k = self.k_proj(x, key=key).reshape(b, t, nkv, d)
         v = self.v_proj(x, key=key).reshape(b, t, nkv, d)
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"), self.rules)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = self._cacheable(k), self._cacheable(v)
-        if kv is not None:
-            k, v = k.astype(kv[0].dtype), v.astype(kv[1].dtype)
-        new_kv = (k, v)
-        if kv is not None:
-            zero = jnp.zeros((), jnp.int32)
-            start = (zero, index.astype(jnp.int32), zero, zero)
-            k = jax.lax.dynamic_update_slice(kv[0], k, start)
-            v = jax.lax.dynamic_update_slice(kv[1], v, start)
-        s = k.shape[1]
+        return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
+               key: Optional[jax.Array] = None) -> jax.Array:
+        """Output [batch, length, embed] of queries q [batch, length, heads, head_dim] over keys
+        and values [batch, kv_heads, keys, head_dim]; ``mask`` bool [batch, length, keys] is
+        True where a query may attend to a key slot."""
+        b, t = q.shape[:2]
+        nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        g = nh // nkv
+        s = k.shape[2]
         # [b, t, nkv, g, d] -> [b, nkv, g*t, d]; head h = kv_head * g + r (transformers' repeat_kv)
         qg = q.reshape(b, t, nkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, nkv, g * t, d)
-        kt = k.transpose(0, 2, 1, 3)
-        vt = v.transpose(0, 2, 1, 3)
-        scores = qdot(qg, kt, (((3,), (3,)), ((0, 1), (0, 1))), self.qk_rule, key=key,
-                      path=key_path(f"{self.path}.qk"))
+        scores = qdot(qg, k.astype(qg.dtype), (((3,), (3,)), ((0, 1), (0, 1))), self.qk_rule,
+                      key=key, path=key_path(f"{self.path}.qk"))
         scores = scores.reshape(b, nkv, g, t, s) * jnp.float32(d ** -0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.float32(MASK_VALUE))
         probs = softmax(scores, self.reduction).astype(self.act_dtype)
-        out = qdot(probs.reshape(b, nkv, g * t, s), vt, (((3,), (2,)), ((0, 1), (0, 1))),
-                   self.pv_rule, key=key, path=key_path(f"{self.path}.pv"))
+        out = qdot(probs.reshape(b, nkv, g * t, s), v.astype(self.act_dtype),
+                   (((3,), (2,)), ((0, 1), (0, 1))), self.pv_rule, key=key,
+                   path=key_path(f"{self.path}.pv"))
         out = out.reshape(b, nkv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, nh * d)
         out = constrain(out.astype(self.act_dtype), ("act_batch", "act_length", "act_heads"),
                         self.rules)
-        return self.o_proj(out, key=key), new_kv
+        return self.o_proj(out, key=key)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array, *,
+                 key: Optional[jax.Array] = None) -> jax.Array:
+        """Attention of x [batch, length, embed] within x (no cache): ``attend(*project(x))``.
+        With a cache, `bitscale.nn.DecoderLayer` stores ``project``'s keys / values first and
+        attends over the layer's whole cache."""
+        q, k, v = self.project(x, cos, sin, key=key)
+        return self.attend(q, k, v, mask, key=key)
 
 
 def softmax(scores: jax.Array, reduction=None) -> jax.Array:

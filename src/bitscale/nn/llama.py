@@ -78,11 +78,19 @@ class DecoderLayer(nnx.Module):
         self.window = cfg.window(layer)
 
     def __call__(self, x, cos, sin, masks, *, kv=None, index=None, key=None):
-        """Returns (y, (k, v) of the new tokens)."""
+        """Returns (y, kv): with ``kv`` = this layer's cached (k, v) [batch, kv_heads, max_len,
+        head_dim], the new tokens' keys / values are written at slot ``index`` before the
+        queries attend over every slot (None: attend within x; returns None)."""
         mask = masks[1] if self.window is not None else masks[0]
-        a, new_kv = self.attn(self.input_norm(x), cos, sin, mask, kv=kv, index=index, key=key)
-        h = x + a
-        return h + self.mlp(self.post_attn_norm(h), key=key), new_kv
+        q, k, v = self.attn.project(self.input_norm(x), cos, sin, key=key)
+        if kv is not None:
+            z = jnp.zeros((), jnp.int32)
+            start = (z, z, jnp.asarray(index, jnp.int32), z)
+            kv = (jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start),
+                  jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start))
+            k, v = kv
+        h = x + self.attn.attend(q, k, v, mask, key=key)
+        return h + self.mlp(self.post_attn_norm(h), key=key), kv
 
 
 def _layer_signature(cfg: ModelConfig, policy: Policy, i: int) -> tuple:
@@ -197,43 +205,37 @@ class Llama(nnx.Module):
         return constrain(x, ("act_batch", "act_length", "act_embed"), self.cfg.logical_axis_rules)
 
     def _looped(self, x, cos, sin, masks, cache, index, key):
-        ck, cv = (cache.k, cache.v) if cache is not None else (None, None)
+        ks, vs = [], []
         for i, layer in enumerate(self.layers):
-            kv = (ck[i], cv[i]) if cache is not None else None
             lkey = None if key is None else jax.random.fold_in(key, i)
-            x, (k, v) = layer(x, cos, sin, masks, kv=kv, index=index, key=lkey)
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = layer(x, cos, sin, masks, kv=kv, index=index, key=lkey)
             x = self._act(x)
             if cache is not None:
-                ck, cv = _store(ck, cv, k, v, i, index)
-        return x, ck, cv
+                ks.append(kv[0])
+                vs.append(kv[1])
+        return x, tuple(ks), tuple(vs)
 
     def _scanned(self, x, cos, sin, masks, cache, index, key):
+        """The layers as one `jax.lax.scan`; a cache is stacked into the scan's inputs and
+        unstacked from its outputs (one copy each way per call)."""
         graphdef, _ = nnx.split(self.layers[0])
         stacked = jax.tree.map(lambda *a: jnp.stack(a),
                                *[nnx.state(layer) for layer in self.layers])
-        carry0 = (x,) if cache is None else (x, cache.k, cache.v)
+        kv_in = None if cache is None else (jnp.stack(cache.k), jnp.stack(cache.v))
 
-        def body(carry, xs):
-            state, i = xs
+        def body(y, xs):
+            state, i, kv = xs
             layer = nnx.merge(graphdef, state)
             lkey = None if key is None else jax.random.fold_in(key, i)
-            kv = None if cache is None else (carry[1][i], carry[2][i])
-            y, (k, v) = layer(carry[0], cos, sin, masks, kv=kv, index=index, key=lkey)
-            y = self._act(y)
-            if cache is None:
-                return (y,), None
-            return (y, *_store(carry[1], carry[2], k, v, i, index)), None
+            y, kv = layer(y, cos, sin, masks, kv=kv, index=index, key=lkey)
+            return self._act(y), kv
 
-        carry, _ = jax.lax.scan(body, carry0, (stacked, jnp.arange(self.cfg.num_layers)))
-        return (carry[0], None, None) if cache is None else carry
-
-
-def _store(ck, cv, k, v, layer, index):
-    """Writes the new tokens' keys / values of ``layer`` at slot ``index`` of the stacked cache."""
-    z = jnp.zeros((), jnp.int32)
-    start = (jnp.asarray(layer, jnp.int32), z, jnp.asarray(index, jnp.int32), z, z)
-    return (jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), start),
-            jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), start))
+        x, kv = jax.lax.scan(body, x, (stacked, jnp.arange(self.cfg.num_layers), kv_in))
+        if cache is None:
+            return x, (), ()
+        n = self.cfg.num_layers
+        return x, tuple(kv[0][i] for i in range(n)), tuple(kv[1][i] for i in range(n))
 
 
 @functools.partial(jax.jit, static_argnums=(0,))

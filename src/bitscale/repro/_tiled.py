@@ -74,11 +74,11 @@ class BatchInvariantLlama(bnn.Llama):
         if positions is not None:
             positions = pad(jnp.asarray(positions, jnp.int32))
 
-        def rows(a, i, axis=0):
-            return lax.dynamic_slice_in_dim(a, i * bt, bt, axis=axis)
+        def rows(a, i):
+            return lax.dynamic_slice_in_dim(a, i * bt, bt, axis=0)
 
-        def put(a, u, i, axis=0):
-            return lax.dynamic_update_slice_in_dim(a, u, i * bt, axis=axis)
+        def put(a, u, i):
+            return lax.dynamic_update_slice_in_dim(a, u, i * bt, axis=0)
 
         def run(i, tile_cache):
             return bnn.Llama.__call__(
@@ -94,16 +94,18 @@ class BatchInvariantLlama(bnn.Llama):
         rows_in = cache.valid.shape[0]
         if rows_in not in (b, bp):
             raise ValueError(f"cache batch {rows_in} != tokens batch {b} (or {bp}, padded)")
-        k, v, valid = (pad(cache.k.swapaxes(0, 1)).swapaxes(0, 1),
-                       pad(cache.v.swapaxes(0, 1)).swapaxes(0, 1), pad(cache.valid, False))
+        k, v = (tuple(pad(a) for a in cache.k), tuple(pad(a) for a in cache.v))
+        valid = pad(cache.valid, False)
 
         def body(i, carry):
             logits, k, v, valid = carry
-            out, c = run(i, KVCache(rows(k, i, 1), rows(v, i, 1), rows(valid, i), cache.index))
-            return put(logits, out, i), put(k, c.k, i, 1), put(v, c.v, i, 1), put(valid,
-                                                                                  c.valid, i)
+            tile = KVCache(tuple(rows(a, i) for a in k), tuple(rows(a, i) for a in v),
+                           rows(valid, i), cache.index)
+            out, c = run(i, tile)
+            return (put(logits, out, i), tuple(put(a, u, i) for a, u in zip(k, c.k)),
+                    tuple(put(a, u, i) for a, u in zip(v, c.v)), put(valid, c.valid, i))
 
         logits, k, v, valid = lax.fori_loop(0, bp // bt, body, (logits0, k, v, valid))
         if rows_in == b:
-            k, v, valid = k[:, :b], v[:, :b], valid[:b]
+            k, v, valid = (tuple(a[:b] for a in k), tuple(a[:b] for a in v), valid[:b])
         return logits[:b], KVCache(k, v, valid, cache.index + t)

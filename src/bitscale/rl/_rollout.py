@@ -1,6 +1,6 @@
 """Rollouts: G sampled completions per prompt, their rewards, and the teacher-forced RL batch.
 
-`rollout` draws ``n`` completions of each left-padded prompt with the vmapped best-of-N sampler
+`rollout` draws ``n`` completions of each left-padded prompt with the best-of-N sampler
 (`bitscale.sampling.sample_n`, which records the behaviour log-probs of the sampled tokens),
 decodes them, scores them with the task's verifier (`reward_function`) and lays them out for the
 trainer with `teacher_forced_batch`. Rows are prompt-major: row ``p * n + g`` is sample g of
