@@ -58,7 +58,8 @@ def test_scanned_decode_equals_full_forward():
     y1, cache = bn.apply(scan, toks[:, 6:], cache=cache)
     np.testing.assert_allclose(np.concatenate([y0, y1], 1), full, rtol=0, atol=1e-5)
     assert len(cache.k) == len(cache.v) == TINY.num_layers
-    assert all(a.shape == (2, TINY.num_kv_heads, 12, TINY.head_dim) for a in cache.k + cache.v)
+    assert all(a.shape == (2, TINY.num_kv_heads, TINY.head_dim, 12) for a in cache.k)
+    assert all(a.shape == (2, TINY.num_kv_heads, 12, TINY.head_dim) for a in cache.v)
     assert int(cache.index) == 10
 
 

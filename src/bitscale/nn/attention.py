@@ -43,9 +43,11 @@ class KVCache:
     """Decoding state: keys and values of every layer, which slots hold real tokens, next slot.
 
     Attributes:
-      k, v: one array per layer, [batch, kv_heads, max_len, head_dim] (heads before slots, so
-        that decoding attends to a layer's cache without a transpose; one array per layer, so
-        that a decode step writes each layer's new slot in place and reads it without a copy).
+      k: one array per layer, [batch, kv_heads, head_dim, max_len]: keys stored transposed,
+        so that the query-key product of a decode step is a plain (non-transposed) matmul.
+      v: one array per layer, [batch, kv_heads, max_len, head_dim].
+        One array per layer, so that a decode step writes each layer's new slot in place and
+        reads the layer without a copy.
       valid: [batch, max_len] bool, True where a slot holds a non-padding token.
       index: int32 scalar, the next slot to write (shared by the batch; rows of different
         lengths are left-padded).
@@ -63,9 +65,12 @@ class KVCache:
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype="float32") -> KVCache:
     """An empty cache for ``batch`` rows of up to ``max_len`` tokens (prompt included)."""
-    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
-    return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+    k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+    v_shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    n = cfg.num_layers
+    return KVCache(tuple(jnp.zeros(k_shape, dtype) for _ in range(n)),
+                   tuple(jnp.zeros(v_shape, dtype) for _ in range(n)),
+                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 
 class Attention(nnx.Module):
@@ -103,8 +108,9 @@ class Attention(nnx.Module):
     def project(self, x: jax.Array, cos: jax.Array, sin: jax.Array, *,
                 key: Optional[jax.Array] = None):
         """Queries [batch, length, heads, head_dim] and the keys / values of ``x`` [batch,
-        length, embed] as the cache holds them: [batch, kv_heads, length, head_dim], rotated
-        and fake-quantized by the ``kv_cache`` rule.
+        length, embed] as the cache holds them (keys [batch, kv_heads, head_dim, length],
+        values [batch, kv_heads, length, head_dim]), rotated and fake-quantized by the
+        ``kv_cache`` rule.
 
         Args:
           cos, sin: float32 rope tables [batch, length, head_dim] at the tokens' positions.
@@ -118,20 +124,20 @@ class Attention(nnx.Module):
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"), self.rules)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = self._cacheable(k), self._cacheable(v)
-        return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+        return q, k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
                key: Optional[jax.Array] = None) -> jax.Array:
         """Output [batch, length, embed] of queries q [batch, length, heads, head_dim] over keys
-        and values [batch, kv_heads, keys, head_dim]; ``mask`` bool [batch, length, keys] is
-        True where a query may attend to a key slot."""
+        k [batch, kv_heads, head_dim, keys] and values v [batch, kv_heads, keys, head_dim];
+        ``mask`` bool [batch, length, keys] is True where a query may attend to a key slot."""
         b, t = q.shape[:2]
         nh, nkv, d = self.num_heads, self.num_kv_heads, self.head_dim
         g = nh // nkv
-        s = k.shape[2]
+        s = k.shape[3]
         # [b, t, nkv, g, d] -> [b, nkv, g*t, d]; head h = kv_head * g + r (transformers' repeat_kv)
         qg = q.reshape(b, t, nkv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, nkv, g * t, d)
-        scores = qdot(qg, k.astype(qg.dtype), (((3,), (3,)), ((0, 1), (0, 1))), self.qk_rule,
+        scores = qdot(qg, k.astype(qg.dtype), (((3,), (2,)), ((0, 1), (0, 1))), self.qk_rule,
                       key=key, path=key_path(f"{self.path}.qk"))
         scores = scores.reshape(b, nkv, g, t, s) * jnp.float32(d ** -0.5)
         scores = jnp.where(mask[:, None, None, :, :], scores, jnp.float32(MASK_VALUE))

@@ -78,16 +78,15 @@ class DecoderLayer(nnx.Module):
         self.window = cfg.window(layer)
 
     def __call__(self, x, cos, sin, masks, *, kv=None, index=None, key=None):
-        """Returns (y, kv): with ``kv`` = this layer's cached (k, v) [batch, kv_heads, max_len,
-        head_dim], the new tokens' keys / values are written at slot ``index`` before the
-        queries attend over every slot (None: attend within x; returns None)."""
+        """Returns (y, kv): with ``kv`` = this layer's cached (k, v) (`KVCache` layouts), the
+        new tokens' keys / values are written at slot ``index`` before the queries attend over
+        every slot (None: attend within x; returns None)."""
         mask = masks[1] if self.window is not None else masks[0]
         q, k, v = self.attn.project(self.input_norm(x), cos, sin, key=key)
         if kv is not None:
-            z = jnp.zeros((), jnp.int32)
-            start = (z, z, jnp.asarray(index, jnp.int32), z)
-            kv = (jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start),
-                  jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start))
+            z, i = jnp.zeros((), jnp.int32), jnp.asarray(index, jnp.int32)
+            kv = (jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (z, z, z, i)),
+                  jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (z, z, i, z)))
             k, v = kv
         h = x + self.attn.attend(q, k, v, mask, key=key)
         return h + self.mlp(self.post_attn_norm(h), key=key), kv
