@@ -4,7 +4,7 @@ transformers ``generate(do_sample=True, num_return_sequences=N)`` on the same we
 
     python benchmarks/sampling_bench.py [--sizes tiny,100m] [--ns 1,8,64] [--max-new-tokens 32]
                                         [--prompt-len 16] [--repeats 3] [--hf-n 64] [--no-hf]
-                                        [--threads 0|1]
+                                        [--cores K]
 
 One prompt of ``--prompt-len`` random tokens; every sample generates exactly
 ``--max-new-tokens`` tokens (no EOS), from ``Temperature(1.0)`` (transformers: ``top_k=0,
@@ -13,7 +13,7 @@ overhead included, compile excluded): the median of ``--repeats`` rounds (5x as 
 ``tiny``) after a warm-up, the bitscale calls timed round-robin and transformers afterwards in
 a block of its own. The baseline, measured in the same run, is ``sample_n`` with N=1: N
 sequential N=1 calls take N times as long, so the ratio is ``N * t(N=1) / t(N)``. Transformers
-runs in float32 with as many torch threads as XLA uses (``--threads``), from a directory
+runs in float32 with as many torch threads as the process has cores (``--cores``), from a directory
 written by `bitscale.nn.to_hf`, with its default (sdpa) attention and dynamic cache. ``tiny`` is
 configs/tiny.py; ``100m`` is the 12-layer, 768-wide GQA model of benchmarks/model_bench.py.
 Targets (issue 6): N=64 >= 10x sequential throughput, and >= 2x the transformers tokens/s at
@@ -98,21 +98,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hf-n", type=int, default=64, help="N of the transformers comparison")
     parser.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="CPU threads for both XLA and torch (0: every core; 1 is steadier "
-                             "on a shared machine)")
+    parser.add_argument("--cores", type=int, default=0,
+                        help="pin the process (XLA and torch alike) to this many CPU cores "
+                             "(0: every core it may use)")
     args = parser.parse_args()
-    if args.threads == 1:   # read when the backend starts (no JAX computation has run yet)
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
-                                   "=false intra_op_parallelism_threads=1").strip()
-    elif args.threads > 1:
-        raise SystemExit("--threads: 0 (every core) or 1; XLA:CPU uses all cores otherwise")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if args.cores:
+        if cores is None or not 1 <= args.cores <= len(cores):
+            raise SystemExit(f"--cores {args.cores}: this process may use "
+                             f"{len(cores) if cores else 'an unknown number of'} core(s)")
+        # Before the backend starts: XLA:CPU's thread pool (and its dot library's, which
+        # ignores intra_op_parallelism_threads) then runs on these cores only.
+        cores = cores[: args.cores]
+        os.sched_setaffinity(0, cores)
+    cores = len(cores) if cores else os.cpu_count()
 
     ns = sorted({int(x) for x in args.ns.split(",") if x.strip()} | {1})
     t = args.max_new_tokens
     backend = jax.default_backend()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = args.threads or cores
     if not args.no_hf:
         import torch
         torch.set_num_threads(cores)
