@@ -85,23 +85,18 @@ def collect(model, examples: Sequence[bdata.Example], task: Any, tokenizer: bdat
     key = jax.random.key(settings.seed)
     b = min(settings.prompt_batch, len(examples))
     completions, logp, finished = [], [], []
-    for start in range(0, len(examples), b):
-        chunk = examples[start:start + b]
-        real = len(chunk)
-        chunk = chunk + [chunk[0]] * (b - real)  # one shape: one compilation
-        stubs = [dataclasses.replace(ex, target="") for ex in chunk]
-        arrays = bdata.make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1)
-        out = sampling.sample_n(model, arrays["prompt"], arrays["prompt_mask"], settings.n,
-                                strategy=settings.strategy, key=jax.random.fold_in(key, start),
+    for pb in bdata.prompt_batches(examples, tokenizer, b, max_prompt_len):
+        out = sampling.sample_n(model, pb.prompt, pb.prompt_mask, settings.n,
+                                strategy=settings.strategy, key=jax.random.fold_in(key, pb.start),
                                 max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
                                 pad_id=tokenizer.pad_id, chunk_size=settings.chunk_size)
         toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
         lp, fin = np.asarray(out.log_probs), np.asarray(out.finished)
-        for i in range(real):
+        for i in range(pb.real):
             completions.append([tokenizer.decode(toks[i, j, :lens[i, j]].tolist(),
                                                  errors="replace") for j in range(settings.n)])
-        logp.append(lp.sum(-1)[:real])
-        finished.append(fin[:real])
+        logp.append(lp.sum(-1)[:pb.real])
+        finished.append(fin[:pb.real])
     correct = tts.task_correctness(task, completions, examples)
     weak = tts.ResidueVerifier(settings.weak_modulus)
     weak_ok = np.array([[weak.check(c, ex) for c in row]

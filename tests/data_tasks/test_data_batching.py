@@ -19,6 +19,7 @@ from bitscale.data import (
     Example,
     batches,
     make_batch,
+    prompt_batches,
 )
 
 TOK = CharTokenizer()
@@ -105,3 +106,31 @@ def test_list_stream_covers_each_epoch():
 def test_task_stream_matches_generate():
     b = _stream(Arithmetic(), 2, 1)[0]
     assert list(b.examples) == Arithmetic().generate("train", 12, 3)[8:12]
+
+
+def test_prompt_batches_fixed_shape_and_fill():
+    exs = list(examples("arithmetic", "test", 7))
+    out = list(prompt_batches(exs, TOK, 3, 24))
+    assert [(b.start, b.real) for b in out] == [(0, 3), (3, 3), (6, 1)]
+    for b in out:
+        assert b.prompt.shape == b.prompt_mask.shape == (3, 24)
+        for row in range(3):
+            ex = exs[b.start + (row if row < b.real else 0)]  # fill rows repeat the first
+            want = [BOS_ID] + TOK.encode(ex.prompt)
+            assert b.prompt[row, -len(want):].tolist() == want
+            assert b.prompt_mask[row].tolist() == [0] * (24 - len(want)) + [1] * len(want)
+    assert b.prompt[1:].tolist() == [b.prompt[0].tolist()] * 2
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(examples=[]), "empty list of examples"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(max_prompt_len=3), "prompt"),
+])
+def test_prompt_batches_bad_input(kw, match):
+    args = dict(examples=list(examples("arithmetic", "test", 2)), batch_size=2,
+                max_prompt_len=24)
+    args.update(kw)
+    with pytest.raises(ValueError, match=match):
+        list(prompt_batches(args.pop("examples"), TOK, args["batch_size"],
+                            args["max_prompt_len"]))

@@ -6,7 +6,15 @@ that reads the answer after the last ``####``.
 """
 
 from bitscale.data._arithmetic import ARITHMETIC_OPS, ARITHMETIC_STYLES, Arithmetic, worked_steps
-from bitscale.data._batching import BATCH_KEYS, Batch, batches, make_batch
+from bitscale.data._batching import (
+    BATCH_KEYS,
+    Batch,
+    PromptBatch,
+    batches,
+    make_batch,
+    prompt_arrays,
+    prompt_batches,
+)
 from bitscale.data._countdown import COUNTDOWN_OPS, Countdown, check_countdown
 from bitscale.data._example import (
     ANSWER_MARK,
@@ -34,7 +42,8 @@ from bitscale.data._tokenizer import (
 __all__ = [
     "ANSWER_MARK", "ARITHMETIC_OPS", "ARITHMETIC_STYLES", "BATCH_KEYS", "BOS_ID", "CHARS", "COUNTDOWN_OPS", "EOS_ID",
     "MODULAR_OPS", "PAD_ID", "SPLITS", "Arithmetic", "Batch", "CharTokenizer", "Countdown",
-    "Example", "HFTokenizer", "ModularArithmetic", "Task", "Tokenizer", "batches",
+    "Example", "HFTokenizer", "ModularArithmetic", "PromptBatch", "Task", "Tokenizer", "batches",
     "check_countdown", "check_int_answer", "extract_answer", "gsm8k_check", "load_gsm8k_jsonl",
-    "load_hf_tokenizer", "make_batch", "parse_expression", "split_of", "worked_steps",
+    "load_hf_tokenizer", "make_batch", "parse_expression", "prompt_arrays", "prompt_batches",
+    "split_of", "worked_steps",
 ]

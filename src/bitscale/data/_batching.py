@@ -95,6 +95,55 @@ def make_batch(examples: Sequence[Example], tokenizer: Tokenizer, max_prompt_len
     }
 
 
+def prompt_arrays(examples: Sequence[Example], tokenizer: Tokenizer, max_prompt_len: int, *,
+                  truncate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ``(prompt, prompt_mask)`` int32 [len(examples), max_prompt_len] of the
+    examples' prompts (BOS + prompt; targets ignored), as `make_batch` lays them out."""
+    stubs = [dataclasses.replace(ex, target="") for ex in examples]
+    arrays = make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1, truncate=truncate)
+    return arrays["prompt"], arrays["prompt_mask"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+    """One fixed-shape batch of prompts from `prompt_batches`.
+
+    Attributes:
+        start: index (in the examples) of the batch's first example.
+        real: how many rows are real examples; rows ``real:`` repeat the first one and their
+            outputs are to be dropped.
+        prompt, prompt_mask: int32 [batch_size, max_prompt_len], left-padded.
+    """
+
+    start: int
+    real: int
+    prompt: np.ndarray
+    prompt_mask: np.ndarray
+
+
+def prompt_batches(examples: Sequence[Example], tokenizer: Tokenizer, batch_size: int,
+                   max_prompt_len: int, *, truncate: bool = False) -> Iterator[PromptBatch]:
+    """The examples' prompts in batches of one shape [batch_size, max_prompt_len] (one
+    compilation for a decoder); the last batch is filled with copies of its first example.
+
+    Raises:
+        ValueError: no examples, ``batch_size < 1``, or (without ``truncate``) a prompt longer
+            than ``max_prompt_len`` (BOS counted).
+    """
+    examples = list(examples)
+    if not examples:
+        raise ValueError("prompt_batches: empty list of examples")
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"prompt_batches: batch_size must be an integer >= 1, got "
+                         f"{batch_size!r}")
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        real = len(chunk)
+        prompt, mask = prompt_arrays(chunk + [chunk[0]] * (batch_size - real), tokenizer,
+                                     max_prompt_len, truncate=truncate)
+        yield PromptBatch(start, real, prompt, mask)
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One batch of the stream.

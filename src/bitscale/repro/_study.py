@@ -32,7 +32,7 @@ import numpy as np
 
 from bitscale import nn as bnn
 from bitscale import sampling
-from bitscale.data import Example, Tokenizer, make_batch
+from bitscale.data import Example, Tokenizer, prompt_batches
 from bitscale.repro import _metrics as M
 from bitscale.repro._hooks import Reduction
 from bitscale.repro._order import check_acc_dtype, parse_order
@@ -117,24 +117,19 @@ def greedy_outputs(model, examples: Sequence[Example], tokenizer: Tokenizer, *,
     strategy = None if strategy in (None, "greedy") else sampling.parse_strategy(strategy)
     base = jax.random.key(int(seed))
     toks, lens = [], []
-    for start in range(0, len(examples), batch_size):
-        chunk = list(examples[start:start + batch_size])
-        real = len(chunk)
-        chunk += [chunk[0]] * (batch_size - real)
-        stubs = [dataclasses.replace(ex, target="") for ex in chunk]
-        arrays = make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1)
+    for pb in prompt_batches(examples, tokenizer, batch_size, max_prompt_len):
         if strategy is None:
-            t, n = greedy_decode(model, arrays["prompt"], arrays["prompt_mask"], max_new_tokens,
+            t, n = greedy_decode(model, pb.prompt, pb.prompt_mask, max_new_tokens,
                                  tokenizer.eos_id, tokenizer.pad_id)
         else:
-            idx = np.minimum(np.arange(start, start + batch_size), start + real - 1)
+            idx = np.minimum(np.arange(pb.start, pb.start + batch_size), pb.start + pb.real - 1)
             keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
-            out = sampling.sample(model, arrays["prompt"], arrays["prompt_mask"],
-                                  strategy=strategy, key=keys, max_new_tokens=max_new_tokens,
-                                  eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+            out = sampling.sample(model, pb.prompt, pb.prompt_mask, strategy=strategy, key=keys,
+                                  max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
+                                  pad_id=tokenizer.pad_id)
             t, n = out.tokens, out.lengths
-        toks.append(np.asarray(t)[:real])
-        lens.append(np.asarray(n)[:real])
+        toks.append(np.asarray(t)[:pb.real])
+        lens.append(np.asarray(n)[:pb.real])
     return np.concatenate(toks), np.concatenate(lens)
 
 

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from bitscale import sampling
-from bitscale.data import Countdown, Example, Tokenizer, make_batch
+from bitscale.data import Countdown, Example, Tokenizer, prompt_arrays
 from bitscale.rl._rewards import (
     RewardFn,
     binary_reward,
@@ -232,10 +232,3 @@ def rollout(model: nnx.Module, prompt: np.ndarray, prompt_mask: np.ndarray,
     return Rollout(batch, completions, rewards, correct, lens.astype(np.int32), fin.astype(bool))
 
 
-def prompt_arrays(examples: Sequence[Example], tokenizer: Tokenizer,
-                  max_prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded ``(prompt, prompt_mask)`` [P, max_prompt_len] of ``examples`` (targets
-    ignored)."""
-    stubs = [dataclasses.replace(ex, target="") for ex in examples]
-    arrays = make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1)
-    return arrays["prompt"], arrays["prompt_mask"]

@@ -18,7 +18,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bitscale.data import Example, Tokenizer, make_batch
+from bitscale.data import Example, Tokenizer, prompt_batches
 from bitscale.train.losses import token_log_probs
 
 __all__ = ["accuracy", "greedy_decode", "perplexity"]
@@ -120,19 +119,13 @@ def accuracy(model: nnx.Module, examples: Sequence[Example], task: Any, tokenize
     if batch_size < 1:
         raise ValueError(f"accuracy: batch_size must be >= 1, got {batch_size}")
     completions: list[str] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        real = len(chunk)
-        chunk = chunk + [chunk[0]] * (batch_size - real)
-        # Empty targets: make_batch only has to lay out the prompts (its tokens are unused).
-        stubs = [dataclasses.replace(ex, target="") for ex in chunk]
-        arrays = make_batch(stubs, tokenizer, max_prompt_len, max_prompt_len + 1,
-                            truncate=truncate_prompts)
-        toks, lengths = greedy_decode(model, arrays["prompt"], arrays["prompt_mask"],
-                                      max_new_tokens, tokenizer.eos_id, tokenizer.pad_id)
+    for pb in prompt_batches(examples, tokenizer, batch_size, max_prompt_len,
+                             truncate=truncate_prompts):
+        toks, lengths = greedy_decode(model, pb.prompt, pb.prompt_mask, max_new_tokens,
+                                      tokenizer.eos_id, tokenizer.pad_id)
         toks, lengths = np.asarray(toks), np.asarray(lengths)
         completions += [tokenizer.decode(toks[i, :lengths[i]].tolist(), errors="replace")
-                        for i in range(real)]
+                        for i in range(pb.real)]
     correct = [bool(task.check(c, ex)) for c, ex in zip(completions, examples)]
     return {"accuracy": sum(correct) / len(correct), "n": len(examples),
             "completions": completions, "correct": correct}
