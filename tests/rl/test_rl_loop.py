@@ -36,6 +36,9 @@ from bitscale.train.loop import make_task, restore_model, train  # noqa: E402
 from bitscale.train.metrics import read_metrics  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "train"))
+from loop_helpers import assert_trees_equal  # noqa: E402
+
 INF = math.inf
 TOK = bdata.CharTokenizer()
 DATA = dict(task="arithmetic", digits=1, ops=("+",), style="compact", split="train",
@@ -103,16 +106,6 @@ def sft_model(sft):
 def rollout_4x4(sft_model) -> rl.Rollout:
     """4 train prompts x 4 samples from the SFT model (shared: one sampler compilation)."""
     return sample_batch(sft_model, p=4, n=4)
-
-
-def assert_trees_equal(a, b):
-    la, ta = jax.tree_util.tree_flatten(a)
-    lb, tb = jax.tree_util.tree_flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(x.reshape(-1).view(np.uint8), y.reshape(-1).view(np.uint8))
 
 
 def grad_capture() -> optax.GradientTransformation:

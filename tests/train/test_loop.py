@@ -19,12 +19,12 @@ import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-import numpy as np
 import pytest
 
 from bitscale.nn import make_mesh
 from bitscale.train.checkpoint import Checkpointer, CheckpointError
 from bitscale.train.loop import create_train_state, train
+from loop_helpers import assert_trees_equal
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 12, 4
@@ -54,17 +54,6 @@ def small_config(**train_overrides):
 def read_rows(workdir) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-def assert_trees_equal(a, b):
-    la, ta = jax.tree_util.tree_flatten(a)
-    lb, tb = jax.tree_util.tree_flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb):
-        x, y = np.asarray(x), np.asarray(y)
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_array_equal(x.reshape(-1).view(np.uint8),  # bit-exact
-                                      y.reshape(-1).view(np.uint8))
 
 
 @pytest.fixture(scope="module")

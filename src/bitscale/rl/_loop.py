@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +46,7 @@ from bitscale.rl._losses import AGGREGATIONS, KL_ESTIMATORS, PolicyLossConfig
 from bitscale.rl._rollout import REWARDS, RolloutConfig, rollout
 from bitscale.rl._step import ALGORITHMS, RLState, RLStepConfig, convert_model, make_rl_step
 from bitscale.train import evaluate
+from bitscale.train._driver import StepDriver
 from bitscale.train.checkpoint import CheckpointError, Checkpointer
 from bitscale.train.loop import (
     check_resume_config,
@@ -307,7 +307,7 @@ def train_rl(config, workdir: str, *, mesh: Mesh | None = None,
     tok = tokenizer if tokenizer is not None else bdata.CharTokenizer()
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=s.max_to_keep)
-    writer = progress = None
+    driver = None
     try:
         resumed = ckpt.latest_step()
         check_resume_config(_resume_view(cfg), workdir, resuming=resumed is not None)
@@ -353,7 +353,11 @@ def train_rl(config, workdir: str, *, mesh: Mesh | None = None,
         while len(_STEP_CACHE) > _STEP_CACHE_SIZE:
             _STEP_CACHE.pop(next(iter(_STEP_CACHE)))
         writer = MetricsWriter(workdir, resume_step=start)
-        progress = Progress(s.steps, start, enabled=s.progress)
+        driver = StepDriver("RL", total=s.steps, ckpt=ckpt, on_step=on_step, writer=writer,
+                            progress=Progress(s.steps, start, enabled=s.progress,
+                                              keys=("loss", "reward_mean")),
+                            log_every=s.log_every, checkpoint_every=s.checkpoint_every,
+                            stop_after=s.stop_after, always_log=("eval_accuracy",))
         stream = bdata.batches(task, cfg.data.split, s.prompts_per_step, int(cfg.seed), tok,
                                max_prompt_len=cfg.data.max_prompt_len, max_len=cfg.data.max_len,
                                start=position, loss_on="answer")
@@ -372,27 +376,7 @@ def train_rl(config, workdir: str, *, mesh: Mesh | None = None,
         if s.eval_every and start == 0:
             evals.append((0, held_out(state.params)))
             writer.write(0, {"eval_accuracy": evals[-1][1]})
-        last: dict = {}
-
-        def drain(step: int, m_dev: dict, host: dict) -> None:
-            m = {k: float(v) for k, v in jax.device_get(m_dev).items()}
-            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-                raise FloatingPointError(
-                    f"non-finite RL metrics at step {step}: loss={m['loss']}, "
-                    f"grad_norm={m['grad_norm']}; stopped without saving it (latest checkpoint: "
-                    f"step {ckpt.latest_step()} in {ckpt.directory})")
-            m.update(host)
-            if (step == 1 or step % s.log_every == 0 or step == s.steps
-                    or "eval_accuracy" in m):
-                writer.write(step, m)
-            progress.update(step, m["loss"])
-            if on_step is not None:
-                on_step(step, m)
-            last.clear()
-            last.update(m)
-
-        stopped, step = False, start
-        pending = None
+        step = start
         for step in range(start + 1, s.steps + 1):
             batch = next(stream)
             ro = rollout(nnx.merge(graphdef, state.params), batch.arrays["prompt"],
@@ -400,29 +384,18 @@ def train_rl(config, workdir: str, *, mesh: Mesh | None = None,
                          key=jax.random.fold_in(rollout_key, step))
             host = ro.metrics()
             state, m_dev = step_fn(state, ref_params, ro.batch)
-            if pending is not None:
-                drain(*pending)  # step - 1: fetched after this step is dispatched
-            pending = (step, m_dev, host)
+            driver.submit(step, m_dev, host)  # drains step - 1; host is read when step drains
             if s.eval_every and (step % s.eval_every == 0 or step == s.steps):
                 host["eval_accuracy"] = held_out(state.params)
                 evals.append((step, host["eval_accuracy"]))
-            if s.stop_after and step >= s.stop_after and step < s.steps:
-                drain(*pending)
-                pending, stopped = None, True
+            if driver.end_step(step, state, {"position": batch.next_position}):
                 break
-            if step % s.checkpoint_every == 0 or step == s.steps:
-                drain(*pending)  # never save a state whose step was not checked
-                pending = None
-                ckpt.save(step, state, {"position": batch.next_position})
-        if pending is not None:
-            drain(*pending)
-        ckpt.wait()
+        driver.finish()
     finally:
-        if progress is not None:
-            progress.close()
-        if writer is not None:
-            writer.close()
-        ckpt.close()
-    return {"step": step, "state": state, "metrics": dict(last), "stopped": stopped,
+        if driver is not None:
+            driver.close()
+        else:
+            ckpt.close()
+    return {"step": step, "state": state, "metrics": dict(driver.last), "stopped": driver.stopped,
             "resumed_from": resumed, "model": nnx.merge(graphdef, state.params), "eval": evals}
 

@@ -2,6 +2,7 @@
 checkpoints and evaluation. Launch: ``python -m bitscale.train --config=... --workdir=...``."""
 
 from bitscale.train import evaluate
+from bitscale.train._driver import StepDriver
 from bitscale.train.checkpoint import CheckpointError, Checkpointer
 from bitscale.train.losses import *  # noqa: F403
 from bitscale.train.losses import __all__ as _losses_all
@@ -11,5 +12,5 @@ from bitscale.train.qat import *  # noqa: F403
 from bitscale.train.qat import __all__ as _qat_all
 
 __all__ = list(_losses_all) + list(_qat_all) + [
-    "CheckpointError", "Checkpointer", "TrainState", "create_train_state", "evaluate",
-    "make_optimizer", "make_schedule", "make_train_step", "train"]
+    "CheckpointError", "Checkpointer", "StepDriver", "TrainState", "create_train_state",
+    "evaluate", "make_optimizer", "make_schedule", "make_train_step", "train"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -31,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from bitscale import data as bdata
 from bitscale import nn as bnn
+from bitscale.train._driver import StepDriver
 from bitscale.train.checkpoint import CheckpointError, Checkpointer
 from bitscale.train.losses import dco_loss, masked_thought, ramped_rate, token_cross_entropy
 from bitscale.train.metrics import MetricsWriter, Progress
@@ -347,54 +347,27 @@ def train(config, workdir: str, *, mesh: Mesh | None = None,
         logging.info("resumed from %s at step %d (data position %d)", ckpt.directory, start,
                      position)
     step_fn = make_train_step(graphdef, tx, cfg, state_shardings=shardings, mesh=mesh)
-    writer = MetricsWriter(workdir, resume_step=start)
-    progress = Progress(t.steps, start, enabled=t.progress)
+    driver = StepDriver("training", total=t.steps, ckpt=ckpt, on_step=on_step,
+                        writer=MetricsWriter(workdir, resume_step=start),
+                        progress=Progress(t.steps, start, enabled=t.progress),
+                        log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                        stop_after=t.stop_after)
     tok = bdata.CharTokenizer()
     stream = bdata.batches(make_task(cfg), cfg.data.split, t.batch_size, int(cfg.seed), tok,
                            max_prompt_len=cfg.data.max_prompt_len, max_len=cfg.data.max_len,
                            start=position, loss_on=cfg.data.loss_on)
-    last: dict = {}
-
-    def drain(s: int, m_dev: dict) -> None:
-        m = {k: float(v) for k, v in jax.device_get(m_dev).items()}
-        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-            raise FloatingPointError(
-                f"non-finite training metrics at step {s}: loss={m['loss']}, "
-                f"grad_norm={m['grad_norm']}; stopped without saving it (latest checkpoint: "
-                f"step {ckpt.latest_step()} in {ckpt.directory})")
-        if s == 1 or s % t.log_every == 0 or s == t.steps:
-            writer.write(s, m)
-        progress.update(s, m["loss"])
-        if on_step is not None:
-            on_step(s, m)
-        last.clear()
-        last.update(m)
-
-    stopped, s = False, start
-    pending = None
+    s = start
     try:
         for s in range(start + 1, t.steps + 1):
             batch = next(stream)
             state, m_dev = step_fn(state, _stack(batch.arrays, t.grad_accum))
-            if pending is not None:
-                drain(*pending)  # step s - 1: fetched after step s is dispatched
-            pending = (s, m_dev)
-            if t.stop_after and s >= t.stop_after and s < t.steps:
-                drain(*pending)
-                pending, stopped = None, True
+            driver.submit(s, m_dev)
+            if driver.end_step(s, state, {"position": batch.next_position}):
                 break
-            if s % t.checkpoint_every == 0 or s == t.steps:
-                drain(*pending)  # never save a state whose step was not checked
-                pending = None
-                ckpt.save(s, state, {"position": batch.next_position})
-        if pending is not None:
-            drain(*pending)
-        ckpt.wait()
+        driver.finish()
     finally:
-        progress.close()
-        writer.close()
-        ckpt.close()
-    return {"step": s, "state": state, "metrics": dict(last), "stopped": stopped,
+        driver.close()
+    return {"step": s, "state": state, "metrics": dict(driver.last), "stopped": driver.stopped,
             "resumed_from": resumed}
 
 

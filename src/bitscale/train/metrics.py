@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -73,21 +73,27 @@ def read_metrics(path: str) -> list[dict]:
 
 
 class Progress:
-    """``\\rstep s/N loss ... steps/s`` on stderr; silent when disabled."""
+    """``\\rstep s/N loss ... steps/s`` on stderr, one ``name value`` per key of ``keys`` that the
+    step's metrics hold; silent when disabled."""
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True):
-        self.total, self.start, self.enabled = total, start, enabled
+    def __init__(self, total: int, start: int = 0, enabled: bool = True,
+                 keys: Sequence[str] = ("loss",)):
+        self.total, self.start, self.enabled, self.keys = total, start, enabled, tuple(keys)
         self._t0 = time.perf_counter()
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
         rate = (step - self.start) / max(time.perf_counter() - self._t0, 1e-9)
-        loss_s = f"{loss:.4f}" if math.isfinite(loss) else str(loss)
-        sys.stderr.write(f"\rstep {step}/{self.total} loss {loss_s} {rate:.1f} steps/s")
+        shown = "".join(f" {k} {_fmt(float(metrics[k]))}" for k in self.keys if k in metrics)
+        sys.stderr.write(f"\rstep {step}/{self.total}{shown} {rate:.1f} steps/s")
         sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if math.isfinite(v) else str(v)

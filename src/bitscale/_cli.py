@@ -1,0 +1,33 @@
+"""The command line shared by ``python -m bitscale.train`` and ``python -m bitscale.rl``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.disclaim_key_flags()  # the flags `launch` defines belong to its caller (the __main__ --help)
+
+
+def launch(run: Callable[[object, str], dict]) -> None:
+    """Parses ``--config`` (a get_config() file, locked; ``--config.a.b=v`` overrides),
+    ``--workdir`` and ``--distributed``, then runs ``run(config, workdir)`` and logs its final
+    ``step`` and ``metrics``. Call it from a ``__main__`` module, whose docstring is the usage."""
+    config = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
+                                             lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics).")
+    distributed = flags.DEFINE_bool("distributed", False,
+                                    "Call jax.distributed.initialize() (multi-host runs).")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+    def main(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        if distributed.value:
+            jax.distributed.initialize()
+        result = run(config.value, workdir.value)
+        logging.info("done: step %d, metrics %s", result["step"], result["metrics"])
+
+    app.run(main)
