@@ -18,6 +18,7 @@ from __future__ import annotations
 import ml_collections
 
 from bitscale.nn import ModelConfig
+from bitscale.train.sections import loss_section, mesh_section, optim_section, train_section
 
 DEMO = ModelConfig(
     arch="llama",
@@ -50,38 +51,11 @@ def get_config(policy: str = "fp32") -> ml_collections.ConfigDict:
     cfg.data.max_len = 48                # BOS + prompt + steps + EOS: at most 44 tokens
     cfg.data.loss_on = "answer"
 
-    cfg.loss = ml_collections.ConfigDict()
-    cfg.loss.kind = "ce"                 # "ce" | "dco" (pass@N-aware, bitscale.train.dco_loss)
-    cfg.loss.dco_n = 1                   # N of DCO
-    cfg.loss.masked_thought_rate = 0.0   # > 0: Masked Thought input masking of answer tokens
-    cfg.loss.masked_thought_ramp = 0.0   # fraction of train.steps over which the rate ramps up
-    cfg.loss.mask_id = 0                 # token written over masked inputs (CharTokenizer PAD)
-
-    cfg.mesh = ml_collections.ConfigDict()  # (data, fsdp, tensor); -1: all remaining devices
-    cfg.mesh.data = -1
-    cfg.mesh.fsdp = 1
-    cfg.mesh.tensor = 1
-
-    cfg.optim = ml_collections.ConfigDict()
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 50
-    cfg.optim.end_lr_ratio = 0.1
-    cfg.optim.b1 = 0.9
-    cfg.optim.b2 = 0.95
-    cfg.optim.weight_decay = 0.01
-    cfg.optim.clip_norm = 1.0
-    cfg.optim.lr_scales = ()
-    cfg.optim.master_spec = ""
-
-    cfg.train = ml_collections.ConfigDict()
-    cfg.train.batch_size = 16
-    cfg.train.grad_accum = 1
-    cfg.train.steps = 600
-    cfg.train.log_every = 5
-    cfg.train.checkpoint_every = 100     # the demo RL section starts from step 300
-    cfg.train.max_to_keep = 6
-    cfg.train.stop_after = 0
-    cfg.train.debug_nan_at_step = 0
-    cfg.train.progress = True
+    # The loop's sections: every key of bitscale.train.sections, defaults but for those named.
+    cfg.loss = loss_section()
+    cfg.mesh = mesh_section()
+    cfg.optim = optim_section(lr=3e-3, warmup_steps=50)
+    # checkpoint_every: the demo's RL section starts from the step-300 checkpoint
+    cfg.train = train_section(steps=600, log_every=5, checkpoint_every=100, max_to_keep=6)
     cfg.lock()
     return cfg

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ml_collections
 
 from bitscale.nn import PROJ, ModelConfig, Policy, Rule, register_policy
+from bitscale.train.sections import loss_section, mesh_section, optim_section, train_section
 
 TINY = ModelConfig(
     arch="llama",
@@ -61,38 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.data.max_len = 128
     cfg.data.loss_on = "answer"          # "answer" | "full"
 
-    cfg.loss = ml_collections.ConfigDict()
-    cfg.loss.kind = "ce"                 # "ce" | "dco" (pass@N-aware, bitscale.train.dco_loss)
-    cfg.loss.dco_n = 1                   # N of DCO
-    cfg.loss.masked_thought_rate = 0.0   # > 0: Masked Thought input masking of answer tokens
-    cfg.loss.masked_thought_ramp = 0.0   # fraction of train.steps over which the rate ramps up
-    cfg.loss.mask_id = 0                 # token written over masked inputs (CharTokenizer PAD)
-
-    cfg.mesh = ml_collections.ConfigDict()  # (data, fsdp, tensor); -1: all remaining devices
-    cfg.mesh.data = -1
-    cfg.mesh.fsdp = 1
-    cfg.mesh.tensor = 1
-
-    cfg.optim = ml_collections.ConfigDict()
-    cfg.optim.lr = 3e-3
-    cfg.optim.warmup_steps = 20
-    cfg.optim.end_lr_ratio = 0.1         # cosine decays to lr * end_lr_ratio at train.steps
-    cfg.optim.b1 = 0.9
-    cfg.optim.b2 = 0.95
-    cfg.optim.weight_decay = 0.01
-    cfg.optim.clip_norm = 1.0            # 0: no global-norm clipping
-    cfg.optim.lr_scales = ()             # ((regex, factor), ...): train.scale_by_precision
-    cfg.optim.master_spec = ""           # e.g. "bf16" -> bitscale.train.low_precision_master
-
-    cfg.train = ml_collections.ConfigDict()
-    cfg.train.batch_size = 16            # per step (all micro-batches together)
-    cfg.train.grad_accum = 1             # micro-batches per step (must divide batch_size)
-    cfg.train.steps = 200
-    cfg.train.log_every = 10
-    cfg.train.checkpoint_every = 50
-    cfg.train.max_to_keep = 3
-    cfg.train.stop_after = 0             # > 0: stop after this step without saving (kill drill)
-    cfg.train.debug_nan_at_step = 0      # > 0: make that step's loss NaN (tests the NaN guard)
-    cfg.train.progress = True            # progress line on stderr
+    # The loop's sections: every key of bitscale.train.sections, defaults but for those named.
+    cfg.loss = loss_section()
+    cfg.mesh = mesh_section()
+    cfg.optim = optim_section(lr=3e-3, warmup_steps=20)
+    cfg.train = train_section(steps=200, checkpoint_every=50)
     cfg.lock()
     return cfg

@@ -34,6 +34,7 @@ from bitscale.train._driver import StepDriver
 from bitscale.train.checkpoint import CheckpointError, Checkpointer
 from bitscale.train.losses import dco_loss, masked_thought, ramped_rate, token_cross_entropy
 from bitscale.train.metrics import MetricsWriter, Progress
+from bitscale.train.sections import LOSS_DEFAULTS
 from bitscale.train.qat import low_precision_master, scale_by_precision
 
 __all__ = ["TASKS", "TrainState", "check_resume_config", "create_train_state", "make_mesh",
@@ -138,8 +139,7 @@ def loss_settings(cfg) -> dict:
     the tokenizer's PAD).
     """
     section = cfg.get("loss", None)
-    out = {"kind": "ce", "dco_n": 1, "masked_thought_rate": 0.0, "masked_thought_ramp": 0.0,
-           "mask_id": bdata.PAD_ID}
+    out = dict(LOSS_DEFAULTS)
     if section is not None:
         unknown = sorted(set(section.keys()) - set(out))
         if unknown:
