@@ -1,5 +1,5 @@
 """Sampling: strategies (greedy, temperature, top-k, top-p, min-p), a cached decode loop and
-best-of-N as a `jax.vmap` over keys.
+best-of-N (one prefill per prompt, the KV cache broadcast to N samples with their own keys).
 
     from bitscale import sampling
     out = sampling.sample(model, prompt, prompt_mask, strategy=sampling.TopP(0.9),

@@ -1,6 +1,7 @@
 """Best-of-N sampling: one prefill per prompt, the KV cache broadcast to the N samples, and the
 N samples of every prompt decoded together as one batch of B * N rows (row ``i * N + j`` is
-sample j of prompt i), each row drawing its tokens with its own key.
+sample j of prompt i; B * chunk_size rows per chunk), each row drawing its tokens with its own
+key.
 
 Sample j of prompt i uses the key ``sample_keys(key, B, N)[i, j] = fold_in(fold_in(key, i), j)``
 (or the caller's [B, N] keys), so it equals row ``i * N + j`` of
