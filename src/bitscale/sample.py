@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from bitscale import data as bdata
 from bitscale import tts_study
+from bitscale._cli import quiet_library_logs
 from bitscale.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The training get_config() file.",
@@ -85,6 +86,7 @@ def run(cfg, checkpoint: str, workdir: str, settings: tts_study.TTSSettings, *,
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
     settings = tts_study.TTSSettings(
         n=_N.value, strategy=_STRATEGY.value, completeness=_COMPLETENESS.value,
         soundness=_SOUNDNESS.value, fp_cost=_FP_COST.value, chunk_size=_CHUNK.value,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from bitscale._cli import quiet_library_logs
 from bitscale.repro._runner import run_from_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config() file.",
@@ -25,6 +26,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
     result = run_from_config(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
     logging.info("wrote %s", ", ".join(result["files"].values()))
     print("wrote " + ", ".join(result["files"].values()), flush=True)
