@@ -16,7 +16,6 @@ matmuls' O(elements x width), so the 128-wide tiny model pays relatively more th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import statistics
 import time
@@ -26,6 +25,7 @@ import optax
 from flax import nnx
 
 import bitscale.nn as bn
+from bitscale.config_file import load_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 POLICIES = ("fp32", "bf16", "layercast", "fp8", "mxfp4", "nvfp4", "int8", "int4@g128")
@@ -37,9 +37,7 @@ CONFIG_100M = bn.ModelConfig(
 
 
 def tiny_config() -> bn.ModelConfig:
-    spec = importlib.util.spec_from_file_location("configs_tiny", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / "tiny.py")
     return mod.TINY
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import pathlib
 import statistics
 import time
@@ -30,6 +29,7 @@ from flax import nnx
 
 import bitscale.nn as bn
 from bitscale import repro
+from bitscale.config_file import load_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODES = ("fp32", "fp32_batch_invariant", "layercast")
@@ -37,9 +37,7 @@ TARGETS = {"fp32_batch_invariant": 1.3, "layercast": 1.3}
 
 
 def tiny_config() -> bn.ModelConfig:
-    spec = importlib.util.spec_from_file_location("configs_tiny", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / "tiny.py")
     return mod.TINY
 
 

@@ -12,14 +12,9 @@ References:
 
 from __future__ import annotations
 
-import importlib.util
-import os
+from bitscale.config_file import load_module, sibling
 
-_spec = importlib.util.spec_from_file_location(
-    "_bitscale_grpo_arith_config",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo_arith.py"))
-_grpo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_grpo)
+_grpo = load_module(sibling(__file__, "grpo_arith.py"))
 
 
 def get_config():

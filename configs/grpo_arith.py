@@ -40,15 +40,11 @@ References:
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "_bitscale_demo_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo.py"))
-_demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_demo)
+from bitscale.config_file import load_module, sibling
+
+_demo = load_module(sibling(__file__, "demo.py"))
 
 
 def rl_section(**overrides) -> ml_collections.ConfigDict:

@@ -19,15 +19,11 @@ References:
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "_bitscale_tiny_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))
-_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tiny)
+from bitscale.config_file import load_module, sibling
+
+_tiny = load_module(sibling(__file__, "tiny.py"))
 
 
 def get_config() -> ml_collections.ConfigDict:

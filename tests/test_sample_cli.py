@@ -3,7 +3,6 @@ curves written; bad settings fail clearly."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,6 +15,7 @@ import pytest
 pytest.importorskip("matplotlib", reason="the TTS plots need matplotlib")
 
 from bitscale import sample, tts, tts_study
+from bitscale.config_file import load_module
 from bitscale.data import Arithmetic
 from bitscale.train import loop
 
@@ -23,9 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location("configs_tiny_s", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / "tiny.py")
     cfg = mod.get_config()
     cfg.train.steps = 2
     cfg.train.batch_size = 2

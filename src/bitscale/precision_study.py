@@ -19,7 +19,6 @@ scratch (the recipe directories are removed first).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import pathlib
 import shutil
@@ -32,6 +31,7 @@ from flax import nnx
 
 from bitscale import data as bdata
 from bitscale import nn as bnn
+from bitscale.config_file import load_module
 from bitscale.numerics import quantize
 from bitscale.report import markdown_table, plot_curves
 from bitscale.train import evaluate
@@ -53,9 +53,7 @@ def default_config_path() -> pathlib.Path:
 
 
 def load_config(path: pathlib.Path, policy: str, steps: int | None):
-    spec = importlib.util.spec_from_file_location("_bitscale_demo_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(path)
     cfg = mod.get_config(policy)
     if steps is not None:
         with cfg.unlocked():

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
+
+from bitscale.config_file import load_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -13,9 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def load_config_module(name: str = "tiny"):
     """Imports configs/<name>.py by file path (configs/ is not an installed package)."""
     path = ROOT / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(path)
     return mod
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import pathlib
 
 import jax
@@ -18,11 +17,9 @@ from flax import nnx  # noqa: E402
 
 import bitscale.nn as bn  # noqa: E402
 from bitscale import repro  # noqa: E402
+from bitscale.config_file import load_module  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location(
-    "configs_tiny", pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny.py")
-_tiny = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_tiny)
+_tiny = load_module(pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny.py")
 TINY = _tiny.TINY
 SMALL = dataclasses.replace(TINY, hidden_size=64, intermediate_size=128, num_layers=1,
                             vocab_size=128)

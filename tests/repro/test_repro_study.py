@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -21,16 +20,14 @@ from flax import nnx  # noqa: E402
 import bitscale.nn as bn  # noqa: E402
 from bitscale import data as bdata  # noqa: E402
 from bitscale import repro  # noqa: E402
+from bitscale.config_file import load_module  # noqa: E402
 from bitscale.report import parse_markdown_table  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}",
-                                                  ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / f"{name}.py")
     return mod
 
 

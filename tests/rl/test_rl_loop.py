@@ -10,7 +10,6 @@ sampled reward ~0.55 on train prompts).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
 import pathlib
@@ -31,7 +30,8 @@ from flax import nnx  # noqa: E402
 
 from bitscale import data as bdata  # noqa: E402
 from bitscale import rl  # noqa: E402
-from bitscale.train.checkpoint import CheckpointError, Checkpointer  # noqa: E402
+from bitscale.config_file import load_module  # noqa: E402
+from bitscale.train.checkpoint import Checkpointer, CheckpointError  # noqa: E402
 from bitscale.train.loop import make_task, restore_model, train  # noqa: E402
 from bitscale.train.metrics import read_metrics  # noqa: E402
 
@@ -46,9 +46,7 @@ DATA = dict(task="arithmetic", digits=1, ops=("+",), style="compact", split="tra
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / f"{name}.py")
     return mod
 
 

@@ -5,7 +5,6 @@ of synthetic results."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import pathlib
 
@@ -19,6 +18,7 @@ from flax import nnx  # noqa: E402
 from bitscale import data as bdata  # noqa: E402
 from bitscale import nn as bnn  # noqa: E402
 from bitscale import rl_study  # noqa: E402
+from bitscale.config_file import load_module  # noqa: E402
 from bitscale.report import parse_markdown_table  # noqa: E402
 from bitscale.train.loop import make_task  # noqa: E402
 
@@ -29,9 +29,7 @@ COLUMNS = ("reward step 1", "final reward", "accuracy before", "accuracy after",
 
 
 def tiny_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("cfg_tiny", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / "tiny.py")
     cfg = mod.get_config()
     with cfg.unlocked():
         cfg.data.digits = 1

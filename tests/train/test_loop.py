@@ -7,7 +7,6 @@ Runs are 12 steps of 8 sequences (two micro-batches of 4) with checkpoints every
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -20,20 +19,19 @@ import jax
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import pytest
+from loop_helpers import assert_trees_equal
 
+from bitscale.config_file import load_module
 from bitscale.nn import make_mesh
 from bitscale.train.checkpoint import Checkpointer, CheckpointError
 from bitscale.train.loop import create_train_state, train
-from loop_helpers import assert_trees_equal
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 12, 4
 
 
 def _tiny_module():
-    spec = importlib.util.spec_from_file_location("configs_tiny", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / "tiny.py")
     return mod
 
 

@@ -7,7 +7,6 @@ model's logits (log-softmax by hand, DCO as ``-log(-expm1(N log1p(-p)))``).
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import jax
@@ -19,6 +18,7 @@ import pytest
 from flax import nnx
 
 from bitscale import data as bdata
+from bitscale.config_file import load_module
 from bitscale.train import loop
 from bitscale.train.metrics import read_metrics
 
@@ -26,9 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny_config(**loss):
-    spec = importlib.util.spec_from_file_location("configs_tiny_opts", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_module(ROOT / "configs" / "tiny.py")
     cfg = mod.get_config()
     cfg.train.batch_size = 4
     cfg.train.steps = 10
