@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import pathlib
 import statistics
 import time
 
@@ -29,16 +28,10 @@ from flax import nnx
 
 import bitscale.nn as bn
 from bitscale import repro
-from bitscale.config_file import load_module
+from model_bench import tiny_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 MODES = ("fp32", "fp32_batch_invariant", "layercast")
 TARGETS = {"fp32_batch_invariant": 1.3, "layercast": 1.3}
-
-
-def tiny_config() -> bn.ModelConfig:
-    mod = load_module(ROOT / "configs" / "tiny.py")
-    return mod.TINY
 
 
 @functools.partial(jax.jit, static_argnums=0)
