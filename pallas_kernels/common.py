@@ -7,9 +7,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import functools
+from typing import Callable, Literal
 
 import jax
+
+from bitscale.numerics import ieee
 
 Implementation = Literal["auto", "pallas", "xla"]
 IMPLEMENTATIONS = ("auto", "pallas", "xla")
@@ -44,3 +47,14 @@ def use_pallas(implementation: str, interpret: bool, op: str) -> bool:
 def check_positive_multiple(name: str, value: int, multiple: int, what: str) -> None:
     if not isinstance(value, int) or value < 1 or value % multiple:
         raise ValueError(f"{name}={value!r} must be a positive multiple of {multiple} ({what})")
+
+
+def portable_body(kernel: Callable) -> Callable:
+    """``kernel`` traced under `bitscale.numerics.ieee.portable`: the numerics it calls use
+    their integer emulations, which every Pallas lowering has, instead of a per-platform switch
+    (Triton cannot lower one), and so give the XLA path's bits on every backend."""
+    @functools.wraps(kernel)
+    def body(*refs):
+        with ieee.portable():
+            return kernel(*refs)
+    return body

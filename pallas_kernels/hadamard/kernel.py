@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from bitscale.numerics import bits as B
+from pallas_kernels.common import portable_body
 from pallas_kernels.quantize.kernel import _quantize_tile
 
 U32 = B.U32
@@ -55,5 +56,6 @@ def hadamard_pallas(x2d: jax.Array, m: jax.Array, hblock: int, spec, rounding_ke
         in_specs.append(pl.BlockSpec((1, 2), lambda i, j: (0, 0)))
     kernel = functools.partial(_kernel, hblock=hblock, a_len=a_len, tile=tile, spec=spec,
                                stochastic=rounding_key is not None)
-    return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(x2d.shape, out_dtype), grid=grid,
-                          in_specs=in_specs, out_specs=in_specs[0], interpret=interpret)(*inputs)
+    return pl.pallas_call(portable_body(kernel), out_shape=jax.ShapeDtypeStruct(x2d.shape, out_dtype),
+                          grid=grid, in_specs=in_specs, out_specs=in_specs[0],
+                          interpret=interpret)(*inputs)

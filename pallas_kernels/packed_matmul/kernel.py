@@ -36,10 +36,12 @@ from jax.experimental import pallas as pl
 
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
+from bitscale.numerics import ieee
 from bitscale.numerics import scaling as S
 from bitscale.numerics.formats import FloatFormat, IntFormat
 from bitscale.numerics.specs import QuantSpec, Spec
 
+from pallas_kernels.common import portable_body
 from pallas_kernels.packed_matmul.config import PackedMatmulConfig
 
 U32, I32 = B.U32, B.I32
@@ -121,7 +123,7 @@ def decode_scales(sc: jax.Array, spec: QuantSpec, tensor_scale: jax.Array | None
         return sc.astype(jnp.float32)
     dec = E.rounded_to_f32(E.decode_float(sc, spec.scale_format))
     if tensor_scale is not None:
-        dec = tensor_scale * dec
+        dec = ieee.mul(tensor_scale, dec)
     return dec
 
 
@@ -143,7 +145,7 @@ def dequantize_tile(codes: jax.Array, spec: Spec, sc: jax.Array | None, zp: jax.
             sign = jnp.where(q < 0, U32(B.SIGN_MASK), U32(0))
             y = B.from_bits(B.compose(jnp.abs(q).astype(U32), S.mxint_qexp(fmt) + k) | sign)
         return jnp.where(sc.astype(I32) == 255, jnp.float32(jnp.nan), y)
-    return element_values(codes, fmt, zp) * decode_scales(sc, spec, tensor_scale)
+    return ieee.mul(element_values(codes, fmt, zp), decode_scales(sc, spec, tensor_scale))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +224,7 @@ def packed_matmul_kernel(x: jax.Array, codes: jax.Array, scales: jax.Array | Non
         inputs.append(tensor_scale)
         in_specs.append(pl.BlockSpec((1, 1), lambda i, j, kk: (0, 0)))
     return pl.pallas_call(
-        functools.partial(_kernel, plan=plan, block_k=bk),
+        portable_body(functools.partial(_kernel, plan=plan, block_k=bk)),
         out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
         grid=(m // bm, n // bn, k // bk),
         in_specs=in_specs,

@@ -34,10 +34,13 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from bitscale.numerics import bits as B
+from bitscale.numerics import elementwise as E
+from bitscale.numerics import ieee
 from bitscale.numerics import qarray as Q
 from bitscale.numerics import scaling as S
 from bitscale.numerics.specs import QuantSpec, Spec
 
+from pallas_kernels.common import portable_body
 from pallas_kernels.qmatmul.config import QMatmulConfig
 
 
@@ -92,7 +95,7 @@ def fake_quant_tile(t: jax.Array, spec: Spec, group_axis: int, rand: jax.Array |
     ``rand`` (uint32, the tile's shape) selects stochastic rounding; ``tensor_amax`` is the whole
     operand's amax for two-level specs. Returns the tile's dtype.
     """
-    tf = t.astype(jnp.float32)
+    tf = E.to_f32(t)
     if group_axis == 0:
         tf = tf.T
         rand = None if rand is None else rand.T
@@ -108,13 +111,13 @@ def fake_quant_tile(t: jax.Array, spec: Spec, group_axis: int, rand: jax.Array |
         y = Q.quantize_elements(tf, spec, rand, False, None).y
     if group_axis == 0:
         y = y.T
-    return y.astype(t.dtype)
+    return E.from_f32(ieee.canonical_nan(y), t.dtype)
 
 
 def tensor_amax(x: jax.Array, spec: QuantSpec, axis: int) -> jax.Array:
     """The amax a two-level spec's tensor scale uses, computed exactly as `fake_quant` does."""
     g = S.grouping(x.shape, spec, axis)
-    return jnp.max(B.from_bits(S.amax_bits(g.to_groups(x.astype(jnp.float32)))))
+    return B.from_bits(jnp.max(S.amax_bits(g.to_groups(E.to_f32(x)))))
 
 
 def _random_tile(shape, row0, col0, ncols: int, k0, k1) -> jax.Array:
@@ -171,7 +174,7 @@ def qmatmul_kernel(a: jax.Array, b: jax.Array, key_words: jax.Array, amax: jax.A
     else:
         b_spec = pl.BlockSpec((bk, bn), lambda i, j, kk: (kk, j))
     return pl.pallas_call(
-        functools.partial(_kernel, prod=prod, bm=bm, bn=bn, bk=bk),
+        portable_body(functools.partial(_kernel, prod=prod, bm=bm, bn=bn, bk=bk)),
         out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
         grid=(m // bm, n // bn, k // bk),
         in_specs=[a_spec, b_spec, pl.BlockSpec((4,), lambda i, j, kk: (0,)),

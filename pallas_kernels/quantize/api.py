@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 import bitscale as bs
 from bitscale.numerics import bits as B
+from bitscale.numerics import elementwise as E
 from bitscale.numerics import packing
 from bitscale.numerics import qarray as Q
 from bitscale.numerics import scaling as S
@@ -123,6 +124,6 @@ def quantize(x: jax.Array, spec, *, axis: int = -1, rounding: str = "nearest",
             scales = outs[1][:, :groups, :].reshape(gshape)
             zp = outs[2][:, :groups, :].reshape(gshape) if len(outs) > 2 else None
     if per_group and spec.tensor_scale:
-        amax = B.from_bits(jnp.max(B.to_bits(x.astype(jnp.float32)) & B.U32(B.ABS_MASK)))
+        amax = B.from_bits(jnp.max(B.to_bits(E.to_f32(x)) & B.U32(B.ABS_MASK)))
         ts = S.tensor_scale(amax, spec)
     return bs.QArray(codes, scales, zp, ts, spec, tuple(shape), jnp.dtype(x.dtype), axis)

@@ -20,9 +20,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from bitscale.numerics import bits as B
+from bitscale.numerics import elementwise as E
+from bitscale.numerics import ieee
 from bitscale.numerics import packing
 from bitscale.numerics import qarray as Q
 from bitscale.numerics.specs import QuantSpec
+
+from pallas_kernels.common import portable_body
 
 U32 = B.U32
 
@@ -75,7 +79,7 @@ def _kernel(*refs, spec, axis_last, dims, tile, rounding, want_codes, nbits, has
     if key_ref is not None:
         rand = B.hash_counter(idx, key_ref[0, 0], key_ref[0, 1])
     tensor_amax = None if amax_ref is None else amax_ref[0, 0]
-    y, codes, scales, zp = _quantize_tile(x.astype(jnp.float32), valid, rand, spec, want_codes,
+    y, codes, scales, zp = _quantize_tile(E.to_f32(x), valid, rand, spec, want_codes,
                                           tensor_amax)
     if not axis_last:
         y = y.T
@@ -84,10 +88,11 @@ def _kernel(*refs, spec, axis_last, dims, tile, rounding, want_codes, nbits, has
         zp = None if zp is None else zp.T
     if not want_codes:
         y_ref = outs[0]
+        y = E.from_f32(ieee.canonical_nan(y), y_ref.dtype)
         if axis_last:
-            y_ref[...] = y.astype(y_ref.dtype)
+            y_ref[...] = y
         else:
-            y_ref[0] = y.astype(y_ref.dtype)
+            y_ref[0] = y
         return
     container = jnp.uint16 if nbits > 8 else jnp.uint8
     # Out-of-bounds codes are zero, as the reference pads the packed stream.
@@ -139,7 +144,7 @@ def quantize_pallas(x: jax.Array, spec, axis: int, rounding: str, key, want_code
         in_specs.append(small((1, 2)))
     has_amax = per_group and spec.tensor_scale
     if has_amax:
-        amax = B.from_bits(jnp.max(B.to_bits(x.astype(jnp.float32)) & U32(B.ABS_MASK)))
+        amax = B.from_bits(jnp.max(B.to_bits(E.to_f32(x)) & U32(B.ABS_MASK)))
         inputs.append(amax.reshape(1, 1))
         in_specs.append(small((1, 1)))
 
@@ -182,7 +187,7 @@ def quantize_pallas(x: jax.Array, spec, axis: int, rounding: str, key, want_code
                     out_shape.append(jax.ShapeDtypeStruct((pre, n_groups, post), jnp.int32))
                     out_specs.append(spec_g)
 
-    result = pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
+    result = pl.pallas_call(portable_body(kernel), out_shape=out_shape, grid=grid, in_specs=in_specs,
                             out_specs=out_specs, interpret=interpret)(*inputs)
     if not want_codes:
         return result.reshape(shape)

@@ -123,22 +123,6 @@ def pow2_bits(e: jax.Array) -> jax.Array:
     return jnp.where(e >= -126, normal, sub)
 
 
-def exact_div(a: jax.Array, b: jax.Array | float) -> jax.Array:
-    """Correctly rounded ``a / b`` with ``b`` broadcast to a's shape.
-
-    XLA on CPU turns a division by a loop-invariant (broadcast) divisor into a multiplication by
-    its reciprocal, off by an ulp for about a third of inputs, also after `vmap` broadcasts it.
-    Making the divisor depend on ``a`` (a select that only differs for one NaN bit pattern of
-    ``a``, where the quotient is NaN either way) keeps the true division.
-    """
-    a = jnp.asarray(a)
-    shape = jnp.broadcast_shapes(jnp.shape(a), jnp.shape(b))
-    a = jnp.broadcast_to(a, shape)
-    b = jnp.broadcast_to(jnp.asarray(b, a.dtype), shape)
-    b = jnp.where(to_bits(a.astype(jnp.float32)) == U32(0xFFFFFFFF), jnp.ones_like(b), b)
-    return a / b
-
-
 # ---------------------------------------------------------------------------------------------
 # Counter-based random bits.
 

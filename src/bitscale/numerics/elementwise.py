@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bitscale.numerics import bits as B
-from bitscale.numerics.formats import FloatFormat
+from bitscale.numerics.formats import FLOAT_FORMATS, FloatFormat
 
 U32, I32 = B.U32, B.I32
 
@@ -37,9 +37,14 @@ class Rounded(NamedTuple):
 
 
 def round_float(
-    x: jax.Array, fmt: FloatFormat, rand: jax.Array | None = None, scale_exp: jax.Array | int = 0
+    x: jax.Array, fmt: FloatFormat, rand: jax.Array | None = None, scale_exp: jax.Array | int = 0,
+    saturate: bool = True,
 ) -> Rounded:
-    """Rounds float32 ``x / 2^scale_exp`` to ``fmt`` (nearest-even, or stochastic given ``rand``)."""
+    """Rounds float32 ``x / 2^scale_exp`` to ``fmt`` (nearest-even, or stochastic given ``rand``).
+
+    Finite values that round beyond the max saturate to it; ``saturate=False`` makes them Inf
+    instead (an IEEE conversion; formats with infinities only).
+    """
     sign, mag, sig, exp = B.split(x)
     m = fmt.mbits
     e = exp - scale_exp
@@ -53,7 +58,7 @@ def round_float(
     q = jnp.where(over, U32(fmt.max_significand), q)
     qexp = jnp.where(over, top, qexp)
     nan = B.is_nan_bits(mag)
-    inf = B.is_inf_bits(mag) & fmt.has_inf
+    inf = (over if not saturate else B.is_inf_bits(mag)) & fmt.has_inf
     if not fmt.signed:
         neg = sign != 0
         q = jnp.where(neg, U32(0), q)
@@ -121,37 +126,109 @@ def decode_float(codes: jax.Array, fmt: FloatFormat) -> Rounded:
     return Rounded(sign, q, qexp.astype(I32), nan, inf)
 
 
-# Formats whose XLA convert is RNE with subnormals on every backend; checked bit for bit against
-# `round_float` in tests/numerics/test_element_formats.py.
-_NATIVE = {
-    (4, 3, "fn", True): jnp.float8_e4m3fn,
-    (5, 2, "ieee", True): jnp.float8_e5m2,
-    (8, 7, "ieee", True): jnp.bfloat16,
-    (5, 10, "ieee", True): jnp.float16,
-}
-
-
-def native_dtype(fmt: FloatFormat):
-    """The jnp dtype XLA can convert to exactly like `round_float`, or None."""
-    return _NATIVE.get((fmt.ebits, fmt.mbits, fmt.convention, fmt.signed))
-
-
-def cast_float_native(x: jax.Array, fmt: FloatFormat) -> jax.Array:
-    """Nearest-even saturating cast through XLA's own convert (fast path of `cast_float`)."""
-    b = B.to_bits(x)
-    mag = b & U32(B.ABS_MASK)
-    max_bits = U32(int(np.float32(fmt.max_value).view(np.uint32)))
-    over = (mag > max_bits) & (mag < U32(B.INF_BITS) if fmt.has_inf else mag <= U32(B.INF_BITS))
-    sat = jnp.where(over, (b & U32(B.SIGN_MASK)) | max_bits, b)
-    y = B.from_bits(sat).astype(native_dtype(fmt)).astype(jnp.float32)
-    return jnp.where(jnp.isnan(x), jnp.float32(jnp.nan), y)
-
-
 def cast_float(x: jax.Array, fmt: FloatFormat, rand: jax.Array | None = None) -> jax.Array:
-    """Saturating fake-quant cast of float32 ``x`` to ``fmt`` (returns float32)."""
-    if rand is None and native_dtype(fmt) is not None:
-        return cast_float_native(x, fmt)
+    """Saturating fake-quant cast of float32 ``x`` to ``fmt`` (returns float32).
+
+    Never through XLA's own convert: XLA:GPU deletes a ``convert(f32 -> narrow) -> convert(narrow
+    -> f32)`` pair under its default ``--xla_allow_excess_precision``, which would leave ``x``
+    unrounded there. Nearest rounding takes `cast_float_nearest`, stochastic rounding
+    `round_float`; both equal ml_dtypes' casts of the saturated input bit for bit.
+    """
+    if rand is None:
+        return cast_float_nearest(x, fmt)
     return rounded_to_f32(round_float(x, fmt, rand))
+
+
+def cast_float_nearest(x: jax.Array, fmt: FloatFormat, saturate: bool = True) -> jax.Array:
+    """`round_float` + `rounded_to_f32` with nearest rounding, in a third of the operations.
+
+    Magnitudes in the format's normal range are rounded on their bit pattern: adding half a unit
+    in the last place (minus one unless the kept part is odd) and clearing the dropped bits is
+    round-to-nearest-even, and a carry moves into the exponent. Magnitudes below the smallest
+    normal are rounded to the subnormal step 2^(emin - mbits) as an integer count of steps.
+    Formats with 8 exponent bits share float32's subnormal grid, so the bit rounding covers all
+    their magnitudes. (Rounding with ``(|x| + C) - C`` would be shorter, but XLA folds it to
+    ``|x|``.) ``saturate=False`` sends finite overflow to Inf (formats with infinities), as a
+    hardware conversion does.
+    """
+    b = B.to_bits(x)
+    sign = b & U32(B.SIGN_MASK)
+    mag = b & U32(B.ABS_MASK)
+    drop = 23 - fmt.mbits
+    if drop:
+        # With no mantissa bits a normal's kept significand is the implicit 1: odd, so ties
+        # round up; a float32 subnormal's is 0 (even).
+        kept_odd = ((mag >> drop) & U32(1) if fmt.mbits else
+                    (mag >= U32(B.IMPLICIT_BIT)).astype(U32))
+        rounded = (mag + U32((1 << (drop - 1)) - 1) + kept_odd) & U32(
+            ~((1 << drop) - 1) & 0xFFFFFFFF)
+    else:
+        rounded = mag
+    if fmt.ebits < 8:
+        step = fmt.emin - fmt.mbits  # log2 of the subnormal step, >= -85 here
+        field = (mag >> 23).astype(I32)
+        sig = (mag & U32(B.MANT_MASK)) | U32(B.IMPLICIT_BIT)
+        # |x| = sig * 2^(field - 150); steps = |x| / 2^step, rounded (float32 subnormals: 0).
+        shift = jnp.clip(step + 150 - field, 0, 31)
+        steps = jnp.where(field == 0, U32(0), B.shift_round_even(sig, shift))
+        sub = B.to_bits(steps.astype(jnp.float32)) + U32((step << 23) & 0xFFFFFFFF)
+        sub = jnp.where(steps == 0, U32(0), sub)
+        min_normal = U32(int(np.float32(fmt.min_normal).view(np.uint32)))
+        rounded = jnp.where(mag < min_normal, sub, rounded)
+    max_bits = U32(int(np.float32(fmt.max_value).view(np.uint32)))
+    if saturate or not fmt.has_inf:
+        rounded = jnp.minimum(rounded, max_bits)  # saturate (also a carry past the top)
+    else:
+        rounded = jnp.where(rounded > max_bits, U32(B.INF_BITS), rounded)
+    if fmt.has_inf:
+        rounded = jnp.where(mag == U32(B.INF_BITS), U32(B.INF_BITS), rounded)
+    out = rounded | sign if fmt.signed else jnp.where(sign != 0, U32(0), rounded)
+    return jnp.where(B.is_nan_bits(mag), jnp.float32(jnp.nan), B.from_bits(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Input and output dtypes, converted on the bits (no float convert for XLA to elide or flush)
+
+def _io_format(dtype) -> FloatFormat:
+    return FLOAT_FORMATS[{"bfloat16": "bf16", "float16": "fp16"}[jnp.dtype(dtype).name]]
+
+
+def to_f32(x: jax.Array) -> jax.Array:
+    """float32 / bfloat16 / float16 ``x`` as float32, exactly (subnormals and NaN payloads kept)."""
+    dtype = jnp.dtype(x.dtype)
+    if dtype == jnp.float32:
+        return x
+    codes = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(U32)
+    if dtype == jnp.bfloat16:
+        return B.from_bits(codes << 16)
+    return rounded_to_f32(decode_float(codes, _io_format(dtype)))
+
+
+def from_f32(y: jax.Array, dtype, saturate: bool = True) -> jax.Array:
+    """float32 ``y`` rounded to nearest even into ``dtype`` (float32 / bfloat16 / float16).
+
+    Finite values beyond the dtype's range saturate to its largest finite value (fake-quant
+    outputs never exceed their input's range by more than rounding), or become Inf with
+    ``saturate=False`` (what a hardware conversion does); Inf stays Inf and NaN becomes the
+    dtype's canonical quiet NaN.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype == jnp.float32:
+        return y
+    r = B.to_bits(cast_float_nearest(y, _io_format(dtype), saturate))  # on the dtype's grid
+    sign = (r >> 16) & U32(0x8000)
+    mag = r & U32(B.ABS_MASK)
+    if dtype == jnp.bfloat16:
+        codes = r >> 16
+    else:  # float16: rebias normals (bias 15), count subnormals in steps of 2^-24
+        field = mag >> 23
+        normal = (mag >> 13) - U32(112 << 10)
+        sub = ((mag & U32(B.MANT_MASK)) | U32(B.IMPLICIT_BIT)) >> jnp.clip(
+            U32(126) - field, 0, 31)
+        codes = jnp.where(mag >= U32(0x38800000), normal, jnp.where(mag == 0, U32(0), sub))
+        codes = jnp.where(mag == U32(B.INF_BITS), U32(0x7C00), codes)
+        codes = jnp.where(mag > U32(B.INF_BITS), U32(0x7E00), codes) | sign
+    return jax.lax.bitcast_convert_type(codes.astype(jnp.uint16), dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
+from bitscale.numerics import ieee
 from bitscale.numerics import qarray as Q
 from bitscale.numerics.formats import IntFormat
 from bitscale.numerics.specs import QuantSpec, Spec, resolve_spec
@@ -81,8 +81,8 @@ def _fq_fwd(x, rand, spec, axis, est):
         y, clipped = Q.fake_quant_core(x, spec, axis, rand, "clipped")
         return y, ~clipped
     y, step = Q.fake_quant_core(x, spec, axis, rand, "step")
-    err = jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))
-    return y, err <= jnp.float32(est.factor / 2) * step
+    err = jnp.abs(ieee.sub(E.to_f32(x), E.to_f32(y)))
+    return y, ieee.less_equal(err, ieee.mul(est.factor / 2, step))
 
 
 def _fq_bwd(spec, axis, est, mask, g):
@@ -159,10 +159,11 @@ def _lsq(x, step, fmt, gscale):
 
 
 def _lsq_fwd(x, step, fmt, gscale):
-    v = B.exact_div(x.astype(jnp.float32), step.astype(jnp.float32))
+    step32 = E.to_f32(step)
+    v = ieee.div(E.to_f32(x), step32)
     vc = jnp.clip(v, float(fmt.qmin), float(fmt.qmax))
     q = E.round_fixed(vc, 0, None).astype(jnp.float32)
-    y = (q * step.astype(jnp.float32)).astype(x.dtype)
+    y = E.from_f32(ieee.canonical_nan(ieee.mul(q, step32)), x.dtype)
     return y, (v, q, step)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
+from bitscale.numerics import ieee
 from bitscale.numerics import packing
 from bitscale.numerics import scaling as S
 from bitscale.numerics.formats import (
@@ -163,7 +164,8 @@ def _pow2_groups(xg, spec: QuantSpec, rand, k, bad, want_codes, want) -> _Out:
         y = _mxint_value(q, qe + k)
         codes = (q.astype(U32) & U32(2**fmt.bits - 1)) if want_codes else None
         limit = B.compose(jnp.full_like(mag, qmax), qe + k)
-        step = B.from_bits(B.pow2_bits(qe + k)) * jnp.ones_like(y) if want == "step" else None
+        step = (jnp.broadcast_to(B.from_bits(B.pow2_bits(qe + k)), y.shape)
+                if want == "step" else None)
     y = jnp.where(bad, jnp.float32(jnp.nan), y)
     return _Out(y, codes, mag > limit, step)
 
@@ -175,26 +177,32 @@ def _mxint_value(q: jax.Array, qexp: jax.Array) -> jax.Array:
 
 
 def _float_scaled_groups(xg, spec: QuantSpec, rand, sc: S.FloatScales, want_codes, want) -> _Out:
-    """Float32 or float-format scales: encode x * enc, round onto the element grid, decode * dec."""
+    """Float32 or float-format scales: encode x * enc, round onto the element grid, decode * dec.
+
+    Both products are `ieee.mul` (float32 with DAZ / FTZ, the same bits on every backend).
+    """
     fmt = spec.elem
-    v = xg * sc.enc
-    if isinstance(fmt, FloatFormat) and not want_codes and want is None:
-        return _Out(E.cast_float(v, fmt, rand) * sc.dec, None, None, None)
-    if isinstance(fmt, FloatFormat):
-        r = E.round_float(v, fmt, rand)
-        y = E.rounded_to_f32(r) * sc.dec
-        codes = E.encode_float(r, fmt) if want_codes else None
-        clipped = jnp.abs(v) > fmt.max_value
-        step = (B.from_bits(B.compose(jnp.ones_like(r.q), r.qexp)) * sc.dec
-                if want == "step" else None)
-        return _Out(y, codes, clipped, step)
     if isinstance(fmt, BinaryFormat):
         neg = (B.to_bits(xg) >= U32(B.SIGN_MASK)) & ((B.to_bits(xg) & U32(B.ABS_MASK)) != 0)
-        y = jnp.where(neg, -sc.dec, sc.dec)
+        dec = jnp.broadcast_to(sc.dec, xg.shape)
+        y = jnp.where(neg, -dec, dec)
         y = jnp.where(jnp.isnan(xg), jnp.float32(jnp.nan), y)
         codes = neg.astype(U32) if want_codes else None
-        return _Out(y, codes, jnp.abs(v * (1.0 / sc.dec)) > 1.0,
-                    2.0 * sc.dec * jnp.ones_like(y) if want == "step" else None)
+        clipped = (jnp.abs(ieee.mul(xg, ieee.div(1.0, sc.dec))) > 1.0
+                   if want == "clipped" else None)
+        step = jnp.broadcast_to(ieee.mul(2.0, sc.dec), y.shape) if want == "step" else None
+        return _Out(y, codes, clipped, step)
+    v = ieee.mul(xg, sc.enc)
+    if isinstance(fmt, FloatFormat) and not want_codes and want is None:
+        return _Out(ieee.mul(E.cast_float(v, fmt, rand), sc.dec), None, None, None)
+    if isinstance(fmt, FloatFormat):
+        r = E.round_float(v, fmt, rand)
+        y = ieee.mul(E.rounded_to_f32(r), sc.dec)
+        codes = E.encode_float(r, fmt) if want_codes else None
+        clipped = jnp.abs(v) > fmt.max_value
+        step = (ieee.mul(B.from_bits(B.compose(jnp.ones_like(r.q), r.qexp)), sc.dec)
+                if want == "step" else None)
+        return _Out(y, codes, clipped, step)
     if isinstance(fmt, TernaryFormat):
         qmin, qmax, zp = -1, 1, None
     elif spec.int_range == "asymmetric":
@@ -204,17 +212,23 @@ def _float_scaled_groups(xg, spec: QuantSpec, rand, sc: S.FloatScales, want_code
     else:
         qmin, qmax, zp = -fmt.qmax, fmt.qmax, None
     vc = jnp.clip(v, -2.0**22, 2.0**22)
-    q = E.round_fixed(vc, 0, rand)
+    # A NaN scaled value (NaN input or scale, Inf times a zero encoder) stores code 0, which
+    # decodes to NaN as fake_quant's output is: its group's scale is NaN or Inf.
+    q = jnp.where(jnp.isnan(v), 0, E.round_fixed(vc, 0, rand))
     if zp is not None:
         q = q + zp
     q = jnp.clip(q, qmin, qmax)
-    deq = (q - zp) if zp is not None else q
-    y = E.keep_nan(deq.astype(jnp.float32) * sc.dec, xg)
+    deq = ((q - zp) if zp is not None else q).astype(jnp.float32)
+    # NaN where the scaled value is NaN: a NaN input, a NaN scale, or Inf times a zero encoder.
+    y = E.keep_nan(ieee.mul(deq, sc.dec), v)
     nbits = 2 if isinstance(fmt, TernaryFormat) else fmt.bits
     codes = (q.astype(U32) & U32(2**nbits - 1)) if want_codes else None
-    shifted = v + (zp.astype(jnp.float32) if zp is not None else 0.0)
-    clipped = (shifted > qmax) | (shifted < qmin)
-    return _Out(y, codes, clipped, sc.dec * jnp.ones_like(y) if want == "step" else None)
+    clipped = None
+    if want == "clipped":
+        shifted = v if zp is None else ieee.add(v, zp.astype(jnp.float32))
+        clipped = (shifted > qmax) | (shifted < qmin)
+    step = jnp.broadcast_to(sc.dec, y.shape) if want == "step" else None
+    return _Out(y, codes, clipped, step)
 
 
 class _Scales(NamedTuple):
@@ -252,23 +266,24 @@ def quantize_groups(xg, spec: QuantSpec, rand, want_codes: bool, want: str | Non
     amax = B.from_bits(amax_b)
     s_t = None
     if spec.tensor_scale:
-        s_t = S.tensor_scale(jnp.max(amax) if tensor_amax is None else tensor_amax, spec)
+        t_amax = B.from_bits(jnp.max(amax_b)) if tensor_amax is None else tensor_amax
+        s_t = S.tensor_scale(t_amax, spec)
     lo_hi = None
     if isinstance(spec.elem, IntFormat) and spec.int_range == "asymmetric":
         # NaN groups get NaN bounds explicitly: XLA's min/max reductions may drop NaN.
         nan_g = B.is_nan_bits(amax_b)
         lo_hi = tuple(jnp.where(nan_g, jnp.float32(jnp.nan), v) for v in (
-            jnp.minimum(jnp.min(xg, axis=-1, keepdims=True), 0.0),
-            jnp.maximum(jnp.max(xg, axis=-1, keepdims=True), 0.0)))
+            ieee.minimum(ieee.reduce_min(xg, axis=-1, keepdims=True), 0.0),
+            ieee.maximum(ieee.reduce_max(xg, axis=-1, keepdims=True), 0.0)))
     if spec.clip == "mse":
         def qdq(amax_c):
-            lh = None if lo_hi is None else tuple(v * (amax_c / jnp.maximum(amax, 1e-30))
-                                                   for v in lo_hi)
+            lh = None if lo_hi is None else tuple(
+                ieee.mul(v, ieee.div(amax_c, ieee.maximum(amax, 1e-30))) for v in lo_hi)
             sc_c = S.float_scales(xg, amax_c, spec, s_t, lh)
             return _float_scaled_groups(xg, spec, None, sc_c, False, None).y
         best = S.mse_search(xg, amax, _mse_ratios(), qdq)
         if lo_hi is not None:
-            lo_hi = tuple(v * (best / jnp.maximum(amax, 1e-30)) for v in lo_hi)
+            lo_hi = tuple(ieee.mul(v, ieee.div(best, ieee.maximum(amax, 1e-30))) for v in lo_hi)
         amax = best
     sc = S.float_scales(xg, amax, spec, s_t, lo_hi)
     out = _float_scaled_groups(xg, spec, rand, sc, want_codes, want)
@@ -292,15 +307,15 @@ def fake_quant_core(x: jax.Array, spec: Spec, axis: int, rand: jax.Array | None,
     ``want`` is None, ``"clipped"`` (aux = bool mask of clipped elements) or ``"step"`` (aux =
     local grid spacing in x's units).
     """
-    xf = x.astype(jnp.float32)
+    xf = E.to_f32(x)
     if not isinstance(spec, QuantSpec):
         out = quantize_elements(xf, spec, rand, False, want)
         aux = {"clipped": out.clipped, "step": out.step}.get(want) if want else None
-        return out.y.astype(x.dtype), aux
+        return E.from_f32(ieee.canonical_nan(out.y), x.dtype), aux
     g = S.grouping(x.shape, spec, axis)
     rg = None if rand is None else g.to_groups(rand)
     out, _ = quantize_groups(g.to_groups(xf), spec, rg, False, want)
-    y = g.from_groups(out.y).astype(x.dtype)
+    y = E.from_f32(ieee.canonical_nan(g.from_groups(out.y)), x.dtype)
     aux = {"clipped": out.clipped, "step": out.step}.get(want) if want else None
     return y, (None if aux is None else g.from_groups(aux))
 
@@ -321,7 +336,7 @@ def quantize(x: jax.Array, spec: "str | Spec", *, axis: int = -1, rounding: Roun
     axis = check_axis(axis, x.ndim)
     check_rounding(rounding, key)
     rand = random_bits_for(x, rounding, key)
-    xf = x.astype(jnp.float32)
+    xf = E.to_f32(x)
     if not isinstance(spec, QuantSpec):
         out = quantize_elements(xf, spec, rand, True, None)
         codes, sc = out.codes, _Scales(None, None, None)
@@ -356,7 +371,7 @@ def dequantize(q: QArray) -> jax.Array:
         codes = codes.reshape(())
     if not isinstance(spec, QuantSpec):
         y = _decode_cast(codes, spec)
-        return y.astype(q.dtype)
+        return E.from_f32(ieee.canonical_nan(y), q.dtype)
     g = S.grouping(q.shape, spec, q.axis)
     cg = g.to_groups(codes)
     fmt = spec.elem
@@ -373,19 +388,20 @@ def dequantize(q: QArray) -> jax.Array:
         if spec.scale_format is not None:
             dec = E.rounded_to_f32(E.decode_float(dec, spec.scale_format))
             if q.tensor_scale is not None:
-                dec = q.tensor_scale * dec
+                dec = ieee.mul(q.tensor_scale, dec)
         if isinstance(fmt, FloatFormat):
-            y = E.rounded_to_f32(E.decode_float(cg, fmt)) * dec
+            y = ieee.mul(E.rounded_to_f32(E.decode_float(cg, fmt)), dec)
         elif isinstance(fmt, BinaryFormat):
+            dec = jnp.broadcast_to(dec, cg.shape)
             y = jnp.where(cg == 1, -dec, dec)
         else:
             nb = 2 if isinstance(fmt, TernaryFormat) else fmt.bits
             if isinstance(fmt, IntFormat) and spec.int_range == "asymmetric":
                 qi = cg.astype(I32) - g.scales_in(q.zero_point)
-                y = qi.astype(jnp.float32) * dec
+                y = ieee.mul(qi.astype(jnp.float32), dec)
             else:
-                y = _signed(cg, nb).astype(jnp.float32) * dec
-    return g.from_groups(y).astype(q.dtype)
+                y = ieee.mul(_signed(cg, nb).astype(jnp.float32), dec)
+    return E.from_f32(ieee.canonical_nan(g.from_groups(y)), q.dtype)
 
 
 def _decode_cast(codes: jax.Array, fmt) -> jax.Array:

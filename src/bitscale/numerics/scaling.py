@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
+from bitscale.numerics import ieee
 from bitscale.numerics.formats import FloatFormat, IntFormat
 from bitscale.numerics.specs import QuantSpec
 
@@ -134,7 +135,7 @@ def pow2_scale_exp(amax: jax.Array, spec: QuantSpec) -> jax.Array:
     if rule == "even":
         amax = amax + (U32(1) << (22 - elem_mbits(spec)))
     if rule == "rceil":
-        ratio = B.exact_div(B.from_bits(amax), spec.elem.max_value)
+        ratio = ieee.div(B.from_bits(amax), spec.elem.max_value)
         _, mag, sig, exp = B.split(ratio)
         k = exp + (sig != U32(B.IMPLICIT_BIT)).astype(I32)
         k = jnp.where(mag == 0, -127, k)
@@ -179,36 +180,41 @@ def cast_scale(s: jax.Array, spec: QuantSpec) -> jax.Array:
     sf = spec.scale_format
     if sf is None:
         return s
-    s = jnp.clip(s, jnp.float32(sf.min_normal), jnp.float32(sf.max_value))
+    s = ieee.minimum(ieee.maximum(s, sf.min_normal), sf.max_value)
     return E.cast_float(s, sf)
 
 
 def tensor_scale(amax_t: jax.Array, spec: QuantSpec) -> jax.Array:
     """Two-level per-tensor scale s_t = amax / (max_scale_format * max_elem) (NVFP4: /(448*6))."""
-    st = B.exact_div(amax_t, spec.scale_format.max_value * elem_range(spec))
-    return jnp.where(amax_t == 0, jnp.float32(1.0), st)
+    st = ieee.div(amax_t, spec.scale_format.max_value * elem_range(spec))
+    return jnp.where(B.to_bits(amax_t) == 0, jnp.float32(1.0), st)
 
 
 def float_scales(xg: jax.Array, amax: jax.Array, spec: QuantSpec,
                  s_t: jax.Array | None, lo_hi: tuple[jax.Array, jax.Array] | None) -> FloatScales:
-    """Scales for float32 / float-format scale groups (amax is a float32 array [rows, groups, 1])."""
+    """Scales for float32 / float-format scale groups (amax is a float32 array [rows, groups, 1]).
+
+    Every operation is `ieee` float32 (correctly rounded, subnormals flushed: the same bits on
+    every backend), in the order the reference library performs it: torchao's integer affine
+    scales and NVFP4 (reciprocal multiplication), true division where it divides.
+    """
     fmt = spec.elem
     if isinstance(fmt, IntFormat) and spec.int_range == "asymmetric":
         lo, hi = lo_hi
-        scale = B.exact_div(hi - lo, float(asym_qmax(fmt)))
-        scale = cast_scale(jnp.maximum(scale, jnp.float32(F32_SMALLEST_NORMAL)), spec)
-        zp = jnp.clip(-jnp.round(B.exact_div(lo, scale)), 0, asym_qmax(fmt))
+        scale = ieee.div(ieee.sub(hi, lo), float(asym_qmax(fmt)))
+        scale = cast_scale(ieee.maximum(scale, F32_SMALLEST_NORMAL), spec)
+        zp = jnp.clip(-jnp.round(ieee.div(lo, scale)), 0, asym_qmax(fmt))
         zp = jnp.where(jnp.isnan(scale), 0, zp)  # NaN groups: a defined zero point
-        return FloatScales(1.0 / scale, scale, zp.astype(I32))
-    ratio = B.exact_div(amax, elem_range(spec))
+        return FloatScales(ieee.div(1.0, scale), scale, zp.astype(I32))
+    ratio = ieee.div(amax, elem_range(spec))
     if s_t is not None:
-        s_b = cast_scale(B.exact_div(ratio, s_t), spec)
-        return FloatScales((1.0 / s_t) / s_b, s_t * s_b, None, s_b, s_t)
+        s_b = cast_scale(ieee.div(ratio, s_t), spec)
+        return FloatScales(ieee.div(ieee.div(1.0, s_t), s_b), ieee.mul(s_t, s_b), None, s_b, s_t)
     if spec.scale_format is None:
-        scale = jnp.maximum(ratio, jnp.float32(F32_SMALLEST_NORMAL))
-        return FloatScales(1.0 / scale, scale)
+        scale = ieee.maximum(ratio, F32_SMALLEST_NORMAL)
+        return FloatScales(ieee.div(1.0, scale), scale)
     s_b = cast_scale(ratio, spec)
-    return FloatScales(1.0 / s_b, s_b, None, s_b)
+    return FloatScales(ieee.div(1.0, s_b), s_b, None, s_b)
 
 
 def asym_qmax(fmt: IntFormat) -> int:
@@ -218,20 +224,27 @@ def asym_qmax(fmt: IntFormat) -> int:
 
 def absmean_scales(xg: jax.Array, spec: QuantSpec) -> FloatScales:
     """BitNet b1.58 (ternary, gamma clamped to 1e-5) and XNOR-Net (binary) mean-|x| scales."""
-    gamma = B.exact_div(jnp.sum(jnp.abs(xg), axis=-1, keepdims=True), float(xg.shape[-1]))
+    absx = B.from_bits(B.to_bits(xg) & U32(B.ABS_MASK))
+    total = ieee.pairwise_sum(absx, axis=-1, keepdims=True)
+    gamma = ieee.div(total, float(xg.shape[-1]))
     if spec.elem.name == "binary":
         return FloatScales(jnp.ones_like(gamma), gamma)
-    enc = 1.0 / jnp.maximum(gamma, jnp.float32(1e-5))
-    return FloatScales(enc, 1.0 / enc)
+    enc = ieee.div(1.0, ieee.maximum(gamma, 1e-5))
+    return FloatScales(enc, ieee.div(1.0, enc))
 
 
 def mse_search(xg: jax.Array, amax: jax.Array, ratios: tuple[float, ...],
                qdq: Callable[[jax.Array], jax.Array]) -> jax.Array:
-    """Picks, per group, the clip ratio r minimizing sum((x - qdq(amax * r))^2); returns amax * r."""
+    """Picks, per group, the clip ratio r minimizing sum((x - qdq(amax * r))^2); returns amax * r.
+
+    The squared errors are `ieee` float32 products summed in `ieee.pairwise_sum`'s fixed order,
+    so the choice is the same on every backend; the first ratio wins ties.
+    """
     def body(carry, r):
         best_err, best_amax = carry
-        cand = amax * jnp.float32(r)
-        err = jnp.sum(jnp.square(xg - qdq(cand)), axis=-1, keepdims=True)
+        cand = ieee.mul(amax, r)
+        d = ieee.sub(xg, qdq(cand))
+        err = ieee.pairwise_sum(ieee.mul(d, d), axis=-1, keepdims=True)
         better = err < best_err
         return (jnp.where(better, err, best_err), jnp.where(better, cand, best_amax)), None
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from bitscale.numerics import elementwise as E
 from bitscale.repro._order import OrderLike, ReductionOrder, check_acc_dtype, parse_order
 
 DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
@@ -46,11 +47,23 @@ BLOCK_ELEMENTS = 1 << 22
 blocks of rows (`lax.map`); every output element is computed the same way either way."""
 
 
+def _round_to(x: jax.Array, acc) -> jax.Array:
+    """``x`` rounded to nearest even into ``acc`` as a hardware conversion does (overflow to Inf),
+    on the bits: a float convert to a narrower type and back is what XLA:GPU deletes under its
+    default ``--xla_allow_excess_precision``, which would accumulate in float32 there."""
+    x = jnp.asarray(x)
+    if x.dtype == acc:
+        return x
+    if x.dtype not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        x = x.astype(jnp.float32)
+    return E.from_f32(E.to_f32(x), acc, saturate=False)
+
+
 def _add(u: jax.Array, v: jax.Array, acc) -> jax.Array:
     """One add: in float32, rounded to ``acc``."""
     if acc == jnp.float32:
         return u + v
-    return (u.astype(jnp.float32) + v.astype(jnp.float32)).astype(acc)
+    return _round_to(E.to_f32(u) + E.to_f32(v), acc)
 
 
 def _sequential(x: jax.Array, acc) -> jax.Array:
@@ -132,7 +145,7 @@ def reduce_sum(x: jax.Array, axis: int = -1, *, order: OrderLike = "sequential",
     if x.shape[axis] == 0:
         out = jnp.zeros(x.shape[:axis] + x.shape[axis + 1:], acc)
     else:
-        out = _reduce0(jnp.moveaxis(x, axis, 0).astype(acc), order, acc)
+        out = _reduce0(_round_to(jnp.moveaxis(x, axis, 0), acc), order, acc)
     return jnp.expand_dims(out, axis) if keepdims else out
 
 
@@ -173,12 +186,12 @@ def _products(l: jax.Array, r: jax.Array, acc) -> jax.Array:
     n = r.shape[1]
     k2 = (k + 1) // 2
     pad = 2 * k2 - k
-    lt = jnp.pad(jnp.moveaxis(l, 2, 0).astype(jnp.float32), ((0, pad), (0, 0), (0, 0)))
-    rt = jnp.pad(jnp.moveaxis(r, 2, 0).astype(jnp.float32), ((0, pad), (0, 0), (0, 0)))
+    lt = jnp.pad(_round_to(jnp.moveaxis(l, 2, 0), jnp.float32), ((0, pad), (0, 0), (0, 0)))
+    rt = jnp.pad(_round_to(jnp.moveaxis(r, 2, 0), jnp.float32), ((0, pad), (0, 0), (0, 0)))
 
     def half(xs):
         a, c = xs  # [k2, B, M], [k2, B, N]
-        return (a[:, :, :, None] * c[:, :, None, :]).astype(acc)
+        return _round_to(a[:, :, :, None] * c[:, :, None, :], acc)
 
     p = lax.map(half, (lt.reshape(2, k2, b, m), rt.reshape(2, k2, b, n)))
     return p.reshape(2 * k2, b, m, n)[:k]

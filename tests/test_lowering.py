@@ -1,0 +1,118 @@
+"""Lowering for CUDA and TPU on a CPU host (`jax.export`), with no float convert round trip.
+
+XLA:GPU's default ``--xla_allow_excess_precision=true`` deletes ``convert(f32 -> narrow) ->
+convert(narrow -> f32)``: a simulated rounding written that way is the identity on a GPU (it
+was, for fp8 / bf16 / fp16 fake-quant, before the casts moved to the bit level). These tests
+export every spec and a model forward + backward under every named policy, and fail on any such
+pair in the module; they also fail if a case does not lower for a backend.
+"""
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+import bitscale as bs
+from bitscale import nn as bn
+from bitscale.selfcheck import ALL_SPECS
+from bitscale.selfcheck.hlo import export_text, float_round_trips
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+KEY = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+
+
+def test_scanner_finds_round_trips_also_through_layout_ops():
+    x = jax.ShapeDtypeStruct((8, 64), jnp.float32)
+    direct = export_text(lambda a: a.astype(jnp.float8_e4m3fn).astype(jnp.float32), [x])
+    assert [(r.source, r.narrow, r.result) for r in float_round_trips(direct)] == [
+        ("f32", "f8E4M3FN", "f32")]
+    via = export_text(lambda a: a.astype(jnp.bfloat16).reshape(64, 8).T.astype(jnp.float32), [x])
+    assert len(float_round_trips(via)) == 1
+    widening_only = export_text(lambda a: a.astype(jnp.float32) * 2, [
+        jax.ShapeDtypeStruct((8, 64), jnp.bfloat16)])
+    assert float_round_trips(widening_only) == []
+    rp = export_text(lambda a: jax.lax.reduce_precision(a, 5, 2), [x])
+    assert float_round_trips(rp) == []
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_every_spec_lowers_for_cuda_and_tpu_without_round_trips(spec):
+    def f(a, b, k):
+        out = []
+        for x in (a, b):
+            for rounding in ("nearest", "stochastic"):
+                kk = k if rounding == "stochastic" else None
+                out.append(bs.fake_quant(x, spec, rounding=rounding, key=kk))
+                out.append(bs.dequantize(bs.quantize(x, spec, rounding=rounding, key=kk)))
+        return out
+    args = [jax.ShapeDtypeStruct((8, 256), jnp.float32),
+            jax.ShapeDtypeStruct((8, 256), jnp.bfloat16), KEY]
+    found = float_round_trips(export_text(f, args))
+    assert not found, "\n".join(map(str, found))
+
+
+def _tiny_cfg():
+    from nn.nn_helpers import load_config_module
+    return load_config_module("tiny").TINY
+
+
+@pytest.mark.parametrize("policy", sorted(bn.NAMED_POLICIES))
+def test_model_forward_and_backward_lower_without_simulated_round_trips(policy):
+    """Quantized policies compute in float32: no narrowing may be undone. The bf16 and fp16
+    policies compute in their dtype, a real cast that XLA may keep wider; only those casts are
+    allowed there."""
+    cfg = _tiny_cfg()
+    model = bn.Llama(cfg, policy, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model, nnx.Param)
+    toks = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+
+    def loss(p, t, k):
+        return jnp.mean(nnx.merge(graphdef, p)(t, key=k) ** 2)
+
+    def f(p, t, k):
+        return jax.value_and_grad(loss)(p, t, k)
+
+    p_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    found = float_round_trips(export_text(f, [p_spec, toks, KEY]))
+    compute = {"bf16": "bf16", "fp16": "f16"}.get(policy)
+    found = [r for r in found if r.narrow != compute]
+    assert not found, "\n".join(map(str, found[:5]))
+
+
+@pytest.mark.parametrize("order", ["sequential", "pairwise", "split_k:4"])
+@pytest.mark.parametrize("acc", ["bfloat16", "float16"])
+def test_emulated_low_precision_accumulation_keeps_its_roundings(order, acc):
+    """`bitscale.repro` rounds every partial sum to bf16 / fp16; written as converts, XLA:GPU
+    would drop those roundings and accumulate in float32."""
+    from bitscale import repro
+
+    def f(a, b, v):
+        return (repro.matmul(a, b, order=order, acc_dtype=acc),
+                repro.reduce_sum(v, axis=-1, order=order, acc_dtype=acc))
+    args = [jax.ShapeDtypeStruct((4, 32), jnp.float32),
+            jax.ShapeDtypeStruct((32, 8), jnp.bfloat16),
+            jax.ShapeDtypeStruct((4, 64), jnp.float32)]
+    found = float_round_trips(export_text(f, args))
+    assert not found, "\n".join(map(str, found[:5]))
+
+
+@pytest.mark.parametrize("spec", ["fp8_e4m3", "int8@channel", "nvfp4", "mxfp4", "int4@g128"])
+def test_quantize_kernel_body_lowers_with_triton(spec):
+    """The numerics inside a kernel must not switch on the platform (Triton has no lowering for
+    it): kernel bodies trace `ieee.portable`. A lowering that succeeds fails only at
+    serialization, which the disabled checks allow."""
+    from jax import export
+    from pallas_kernels.quantize.kernel import quantize_pallas
+
+    s = bs.resolve_spec(spec)
+    block = 256 if spec == "int8@channel" else 128
+    fn = lambda a: quantize_pallas(a, s, 1, "nearest", None, False, block, 8, False)
+    checks = [export.DisabledSafetyCheck.custom_call(n)
+              for n in ("triton_kernel_call", "__gpu$xla.gpu.triton")]
+    before = jax.config.jax_pallas_use_mosaic_gpu
+    jax.config.update("jax_pallas_use_mosaic_gpu", False)  # Triton (JAX 0.10 defaults to Mosaic)
+    try:
+        export_text(fn, [jax.ShapeDtypeStruct((64, 256), jnp.float32)], ("cuda",), checks)
+    finally:
+        jax.config.update("jax_pallas_use_mosaic_gpu", before)
