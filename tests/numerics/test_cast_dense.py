@@ -66,6 +66,12 @@ def test_to_f32_and_from_f32_equal_ml_dtypes(dtype):
         want = np.where(np.isinf(x), x, np.clip(x, -finite_max, finite_max)).astype(np_dtype)
     same = _same(narrowed.astype(np.float32), want.astype(np.float32))
     assert same.all(), (x[~same][:5], narrowed[~same][:5], want[~same][:5])
+    # saturate=False is the IEEE conversion (finite overflow to Inf), as numpy / ml_dtypes do it.
+    ieee = np.asarray(jax.jit(lambda v: E.from_f32(v, dtype, saturate=False))(jnp.asarray(x)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = x.astype(np_dtype)
+    same = _same(ieee.astype(np.float32), want.astype(np.float32))
+    assert same.all(), (x[~same][:5], ieee[~same][:5], want[~same][:5])
 
 
 @pytest.mark.parametrize("spec", ["int8@channel", "nvfp4", "mxfp4", "fp8_e4m3"])

@@ -37,14 +37,9 @@ class Rounded(NamedTuple):
 
 
 def round_float(
-    x: jax.Array, fmt: FloatFormat, rand: jax.Array | None = None, scale_exp: jax.Array | int = 0,
-    saturate: bool = True,
+    x: jax.Array, fmt: FloatFormat, rand: jax.Array | None = None, scale_exp: jax.Array | int = 0
 ) -> Rounded:
-    """Rounds float32 ``x / 2^scale_exp`` to ``fmt`` (nearest-even, or stochastic given ``rand``).
-
-    Finite values that round beyond the max saturate to it; ``saturate=False`` makes them Inf
-    instead (an IEEE conversion; formats with infinities only).
-    """
+    """Rounds float32 ``x / 2^scale_exp`` to ``fmt`` (nearest-even, or stochastic given ``rand``)."""
     sign, mag, sig, exp = B.split(x)
     m = fmt.mbits
     e = exp - scale_exp
@@ -58,7 +53,7 @@ def round_float(
     q = jnp.where(over, U32(fmt.max_significand), q)
     qexp = jnp.where(over, top, qexp)
     nan = B.is_nan_bits(mag)
-    inf = (over if not saturate else B.is_inf_bits(mag)) & fmt.has_inf
+    inf = B.is_inf_bits(mag) & fmt.has_inf
     if not fmt.signed:
         neg = sign != 0
         q = jnp.where(neg, U32(0), q)
@@ -188,6 +183,7 @@ def cast_float_nearest(x: jax.Array, fmt: FloatFormat, saturate: bool = True) ->
 
 # ---------------------------------------------------------------------------------------------
 # Input and output dtypes, converted on the bits (no float convert for XLA to elide or flush)
+
 
 def _io_format(dtype) -> FloatFormat:
     return FLOAT_FORMATS[{"bfloat16": "bf16", "float16": "fp16"}[jnp.dtype(dtype).name]]

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from bitscale._cli import quiet_library_logs
+from bitscale._logs import quiet_library_logs
 
 _QUICK = flags.DEFINE_bool("quick", False, "A small subset (what the test suite runs).")
 _KERNELS = flags.DEFINE_bool("kernels", True, "Check the Pallas kernels against XLA.")
