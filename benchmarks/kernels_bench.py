@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels as pk
-from bitscale.numerics import qarray as Q
+from bitscale.numerics import resolve_spec
+from bitscale.numerics.qarray import elem_bits
 
 from bench_util import median_time
 
@@ -45,7 +46,7 @@ def main() -> None:
             fq = jax.jit(lambda a, s=spec, r=rounding, k=k: pk.fake_quant(
                 a, s, rounding=r, key=k, implementation=impl))
             cases.append((f"fake_quant {spec} {rounding[:4]}", fq, 2 * elem_bytes))
-        bits = Q.elem_bits(Q.resolve_spec(spec))
+        bits = elem_bits(resolve_spec(spec))
         qz = jax.jit(lambda a, s=spec: pk.quantize(a, s, implementation=impl))
         cases.append((f"quantize {spec}", qz, elem_bytes + x.size * bits / 8))
     had = jax.jit(lambda a: pk.hadamard_transform(a, 128, key=key, implementation=impl))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 import bitscale as bs
-from bitscale.numerics import qarray as Q
+from bitscale.numerics import validate as V
 from bitscale.numerics import scaling as S
 from bitscale.numerics.specs import QuantSpec, resolve_spec
 from bitscale.numerics.transforms import hadamard_matrix, random_signs
@@ -110,9 +110,9 @@ def hadamard_fake_quant(x: jax.Array, block_size: int, spec, *, key: jax.Array |
     axis=axis), spec, axis=axis, rounding=rounding, key=rounding_key)``.
     """
     spec = resolve_spec(spec)
-    x = Q.check_input(x)
-    axis = Q.check_axis(axis, x.ndim)
-    Q.check_rounding(rounding, rounding_key)
+    x = V.check_input(x)
+    axis = V.check_axis(axis, x.ndim)
+    V.check_rounding(rounding, rounding_key)
 
     def reference(v):
         r = bs.hadamard_transform(v, block_size, key=key, axis=axis)

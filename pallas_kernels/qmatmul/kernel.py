@@ -36,7 +36,7 @@ from jax.experimental import pallas as pl
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
 from bitscale.numerics import ieee
-from bitscale.numerics import qarray as Q
+from bitscale.numerics import quantizer as QZ
 from bitscale.numerics import scaling as S
 from bitscale.numerics.specs import QuantSpec, Spec
 
@@ -104,11 +104,11 @@ def fake_quant_tile(t: jax.Array, spec: Spec, group_axis: int, rand: jax.Array |
         bs = spec.block_size
         xg = tf.reshape(rows, cols // bs, bs)
         rg = None if rand is None else rand.reshape(rows, cols // bs, bs)
-        out, _ = Q.quantize_groups(xg, spec, rg, False, None,
+        out, _ = QZ.quantize_groups(xg, spec, rg, False, None,
                                    tensor_amax if spec.tensor_scale else None)
         y = out.y.reshape(rows, cols)
     else:
-        y = Q.quantize_elements(tf, spec, rand, False, None).y
+        y = QZ.quantize_elements(tf, spec, rand, False, None).y
     if group_axis == 0:
         y = y.T
     return E.from_f32(ieee.canonical_nan(y), t.dtype)

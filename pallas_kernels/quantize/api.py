@@ -11,9 +11,10 @@ import bitscale as bs
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
 from bitscale.numerics import packing
-from bitscale.numerics import qarray as Q
 from bitscale.numerics import scaling as S
+from bitscale.numerics import validate as V
 from bitscale.numerics.formats import BinaryFormat, TernaryFormat
+from bitscale.numerics.qarray import elem_bits
 from bitscale.numerics.specs import QuantSpec, resolve_spec
 from pallas_kernels.common import use_pallas
 from pallas_kernels.quantize.config import QuantizeConfig
@@ -30,7 +31,7 @@ def kernel_support(spec, shape: tuple[int, ...], axis: int) -> str | None:
         if isinstance(spec.elem, (TernaryFormat, BinaryFormat)):
             return f"spec {spec.name!r} uses mean-|x| scales"
     post = shape[axis + 1:] if shape else ()
-    if len(post) > 1 and (shape[-1] * Q.elem_bits(spec)) % 8:
+    if len(post) > 1 and (shape[-1] * elem_bits(spec)) % 8:
         return (f"the codes of a middle axis with a last dimension of {shape[-1]} do not pack "
                 "into whole bytes per row")
     return None
@@ -38,9 +39,9 @@ def kernel_support(spec, shape: tuple[int, ...], axis: int) -> str | None:
 
 def _prepare(x, spec, axis, rounding, key, implementation, interpret, config, op):
     spec = resolve_spec(spec)
-    x = Q.check_input(x)
-    axis = Q.check_axis(axis, x.ndim)
-    Q.check_rounding(rounding, key)
+    x = V.check_input(x)
+    axis = V.check_axis(axis, x.ndim)
+    V.check_rounding(rounding, key)
     if isinstance(spec, QuantSpec):
         S.grouping(x.shape, spec, axis)
     pallas = use_pallas(implementation, interpret, op)
@@ -98,7 +99,7 @@ def quantize(x: jax.Array, spec, *, axis: int = -1, rounding: str = "nearest",
         return bs.quantize(x, spec, axis=axis, rounding=rounding, key=key)
     outs = quantize_pallas(x, spec, axis, rounding, key, True, tiles[0], tiles[1], interpret)
     shape = x.shape
-    nbits = Q.elem_bits(spec)
+    nbits = elem_bits(spec)
     a_len = shape[axis] if shape else 1
     axis_last = all(d == 1 for d in shape[axis + 1:])
     last = shape[-1] if shape else 1

@@ -23,7 +23,8 @@ from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
 from bitscale.numerics import ieee
 from bitscale.numerics import packing
-from bitscale.numerics import qarray as Q
+from bitscale.numerics import quantizer as QZ
+from bitscale.numerics.qarray import elem_bits
 from bitscale.numerics.specs import QuantSpec
 
 from pallas_kernels.common import portable_body
@@ -38,13 +39,13 @@ def _quantize_tile(xf, valid, rand, spec, want_codes, tensor_amax):
     """
     xf = jnp.where(valid, xf, jnp.float32(0))
     if not isinstance(spec, QuantSpec):
-        out = Q.quantize_elements(xf, spec, rand, want_codes, None)
+        out = QZ.quantize_elements(xf, spec, rand, want_codes, None)
         return out.y, out.codes, None, None
     rows, n = xf.shape
     size = n if spec.granularity == "channel" else spec.block_size
     xg = xf.reshape(rows, n // size, size)
     rg = None if rand is None else rand.reshape(xg.shape)
-    out, sc = Q.quantize_groups(xg, spec, rg, want_codes, None, tensor_amax)
+    out, sc = QZ.quantize_groups(xg, spec, rg, want_codes, None, tensor_amax)
     codes = None if out.codes is None else out.codes.reshape(rows, n)
     zp = None if sc.zero_point is None else sc.zero_point.reshape(rows, n // size)
     return out.y.reshape(rows, n), codes, sc.scales.reshape(rows, n // size), zp
@@ -117,7 +118,7 @@ def quantize_pallas(x: jax.Array, spec, axis: int, rounding: str, key, want_code
     for d in shape[axis + 1:]:
         post *= d
     axis_last = post == 1
-    nbits = Q.elem_bits(spec)
+    nbits = elem_bits(spec)
     per_group = isinstance(spec, QuantSpec)
     channel = per_group and spec.granularity == "channel"
     gsize = (block_axis if channel else spec.block_size) if per_group else 1

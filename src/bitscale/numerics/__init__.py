@@ -1,13 +1,6 @@
 """Low-precision numerics: formats, rounding, scaling, quantize / dequantize / fake_quant."""
 
-from bitscale.numerics.estimators import (
-    ClippedSTE,
-    STE,
-    TrustMask,
-    fake_quant,
-    gaussian_pseudo_quant,
-    lsq_fake_quant,
-)
+from bitscale.numerics.estimators import ClippedSTE, STE, TrustMask, lsq_fake_quant
 from bitscale.numerics.formats import (
     BinaryFormat,
     E8M0Format,
@@ -17,9 +10,11 @@ from bitscale.numerics.formats import (
     TernaryFormat,
     element_format,
 )
-from bitscale.numerics.qarray import QArray, dequantize, quantize
+from bitscale.numerics.qarray import QArray
+from bitscale.numerics.quantization import dequantize, fake_quant, quantize
 from bitscale.numerics.specs import NAMED_SPECS, QuantSpec, resolve_spec, valid_names
-from bitscale.numerics.transforms import hadamard_matrix, hadamard_transform, random_signs
+from bitscale.numerics.transforms import (
+    gaussian_pseudo_quant, hadamard_matrix, hadamard_transform, random_signs)
 
 __all__ = [
     "BinaryFormat", "ClippedSTE", "E8M0Format", "ELEMENT_FORMATS", "FloatFormat", "IntFormat",

@@ -1,12 +1,10 @@
-"""`fake_quant` with gradient estimators, LSQ learned step sizes, Gaussian pseudo-quantization.
+"""Gradient estimators of `fake_quant` (STE, clipped STE, QuEST trust mask) and LSQ.
 
 References:
   Bengio et al., "Estimating or Propagating Gradients Through Stochastic Neurons", 2013 (STE).
   Panferov et al., "QuEST: Stable Training of LLMs with 1-Bit Weights and Activations",
     arXiv:2502.05003 (trust mask).
   Esser et al., "Learned Step Size Quantization", ICLR 2020, arXiv:1902.08153 (LSQ).
-  Défossez et al., "Differentiable Model Compression via Pseudo Quantization Noise",
-    arXiv:2104.09987 (noise pseudo-quantization).
 """
 
 from __future__ import annotations
@@ -22,9 +20,9 @@ import numpy as np
 
 from bitscale.numerics import elementwise as E
 from bitscale.numerics import ieee
-from bitscale.numerics import qarray as Q
+from bitscale.numerics import validate as V
 from bitscale.numerics.formats import IntFormat
-from bitscale.numerics.specs import QuantSpec, Spec, resolve_spec
+from bitscale.numerics.specs import resolve_spec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,56 +67,6 @@ def resolve_estimator(estimator: "str | Estimator") -> Estimator:
                      "STE / ClippedSTE / TrustMask(factor) object")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _fq(x, rand, spec, axis, est):
-    return Q.fake_quant_core(x, spec, axis, rand)[0]
-
-
-def _fq_fwd(x, rand, spec, axis, est):
-    if isinstance(est, STE):
-        return Q.fake_quant_core(x, spec, axis, rand)[0], None
-    if isinstance(est, ClippedSTE):
-        y, clipped = Q.fake_quant_core(x, spec, axis, rand, "clipped")
-        return y, ~clipped
-    y, step = Q.fake_quant_core(x, spec, axis, rand, "step")
-    err = jnp.abs(ieee.sub(E.to_f32(x), E.to_f32(y)))
-    return y, ieee.less_equal(err, ieee.mul(est.factor / 2, step))
-
-
-def _fq_bwd(spec, axis, est, mask, g):
-    if mask is None:
-        return g, None
-    return jnp.where(mask, g, jnp.zeros_like(g)), None
-
-
-_fq.defvjp(_fq_fwd, _fq_bwd)
-
-
-def fake_quant(x: jax.Array, spec: "str | Spec", *, axis: int = -1, rounding: str = "nearest",
-               key: jax.Array | None = None, estimator: "str | Estimator" = "ste") -> jax.Array:
-    """Quantizes and dequantizes ``x``, returning an array of x's dtype and shape.
-
-    Args:
-      x: float32, bfloat16 or float16 array.
-      spec: a name (``"fp8_e4m3"``, ``"int8@channel"``, ``"mxfp4"``, ...; see `specs`) or a spec
-        object. A plain element format is a saturating cast with no scale.
-      axis: the axis along which elements share a scale (channel and block specs).
-      rounding: ``"nearest"`` (ties to even) or ``"stochastic"`` (needs ``key``); the random bits
-        are a counter hash of (key, flat element index), identical on every backend.
-      key: a `jax.random` key.
-      estimator: ``"ste"``, ``"clipped_ste"``, ``"trust"`` or an estimator object.
-    """
-    spec = resolve_spec(spec)
-    x = Q.check_input(x)
-    axis = Q.check_axis(axis, x.ndim)
-    Q.check_rounding(rounding, key)
-    est = resolve_estimator(estimator)
-    if isinstance(spec, QuantSpec):
-        Q.S.grouping(x.shape, spec, axis)  # validate the block size eagerly
-    rand = Q.random_bits_for(x, rounding, key)
-    return _fq(x, rand, spec, axis, est)
-
-
 # ---------------------------------------------------------------------------------------------
 # LSQ
 
@@ -135,7 +83,7 @@ def lsq_fake_quant(x: jax.Array, step: jax.Array, fmt: "str | IntFormat" = "int4
     fmt = resolve_spec(fmt) if isinstance(fmt, str) else fmt
     if not isinstance(fmt, IntFormat):
         raise ValueError(f"lsq_fake_quant needs an integer format, got {getattr(fmt, 'name', fmt)!r}")
-    x = Q.check_input(x)
+    x = V.check_input(x)
     step_dtype = step.dtype if hasattr(step, "dtype") else np.asarray(step).dtype
     if not jnp.issubdtype(step_dtype, jnp.floating):
         raise TypeError(f"step must be a float array, got dtype {step_dtype}")
@@ -182,27 +130,3 @@ def _lsq_bwd(fmt, gscale, res, g):
 
 
 _lsq.defvjp(_lsq_fwd, _lsq_bwd)
-
-
-# ---------------------------------------------------------------------------------------------
-# Gaussian pseudo-quantization
-
-
-def gaussian_pseudo_quant(x: jax.Array, spec: "str | Spec", key: jax.Array, *, axis: int = -1,
-                          std_factor: float = 1.0 / math.sqrt(12.0)) -> jax.Array:
-    """``x + std_factor * step(x) * N(0, 1)``: quantization replaced by noise of matching size.
-
-    ``step(x)`` is the spec's local grid spacing at x (the scale for integers, the scaled ulp for
-    floats); the default std step/sqrt(12) equals the standard deviation of uniform rounding error.
-    The gradient is the identity (the noise is a constant).
-    """
-    spec = resolve_spec(spec)
-    x = Q.check_input(x)
-    axis = Q.check_axis(axis, x.ndim)
-    if key is None:
-        raise ValueError("gaussian_pseudo_quant needs a PRNG key")
-    if isinstance(spec, QuantSpec):
-        Q.S.grouping(x.shape, spec, axis)
-    _, step = Q.fake_quant_core(jax.lax.stop_gradient(x), spec, axis, None, "step")
-    noise = jax.random.normal(key, x.shape, jnp.float32) * step * jnp.float32(std_factor)
-    return x + jax.lax.stop_gradient(noise).astype(x.dtype)

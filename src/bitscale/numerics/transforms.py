@@ -1,4 +1,4 @@
-"""Orthogonal rotations used ahead of low-precision quantization.
+"""Transforms around quantization: orthogonal (Hadamard) rotations and Gaussian pseudo-quantization.
 
 A randomized Hadamard rotation spreads outliers across a block so that a
 per-block scale (e.g. MXFP4/NVFP4 micro-scaling) wastes less dynamic range.
@@ -17,11 +17,14 @@ References:
     LLMs", arXiv:2501.02625.
     Hu, Luschi & Balanca, "Elucidating the Design Space of FP4 Training",
     arXiv:2509.17791.
+    Défossez et al., "Differentiable Model Compression via Pseudo Quantization Noise",
+    arXiv:2104.09987 (noise pseudo-quantization).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from typing import Any
 
@@ -29,12 +32,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bitscale.numerics import scaling as S
+from bitscale.numerics import validate as V
+from bitscale.numerics.quantization import fake_quant_core
+from bitscale.numerics.specs import QuantSpec, Spec, resolve_spec
+
 __all__ = [
     "HADAMARD_MAX_N",
     "HADAMARD_BLOCK_SIZES",
     "hadamard_matrix",
     "random_signs",
     "hadamard_transform",
+    "gaussian_pseudo_quant",
 ]
 
 #: Largest order accepted by :func:`hadamard_matrix`.
@@ -213,3 +222,27 @@ def hadamard_transform(
     )
     y = y.reshape(xt.shape)
     return jnp.moveaxis(y, -1, axis).astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian pseudo-quantization
+
+
+def gaussian_pseudo_quant(x: jax.Array, spec: "str | Spec", key: jax.Array, *, axis: int = -1,
+                          std_factor: float = 1.0 / math.sqrt(12.0)) -> jax.Array:
+    """``x + std_factor * step(x) * N(0, 1)``: quantization replaced by noise of matching size.
+
+    ``step(x)`` is the spec's local grid spacing at x (the scale for integers, the scaled ulp for
+    floats); the default std step/sqrt(12) equals the standard deviation of uniform rounding error.
+    The gradient is the identity (the noise is a constant).
+    """
+    spec = resolve_spec(spec)
+    x = V.check_input(x)
+    axis = V.check_axis(axis, x.ndim)
+    if key is None:
+        raise ValueError("gaussian_pseudo_quant needs a PRNG key")
+    if isinstance(spec, QuantSpec):
+        S.grouping(x.shape, spec, axis)
+    _, step = fake_quant_core(jax.lax.stop_gradient(x), spec, axis, None, "step")
+    noise = jax.random.normal(key, x.shape, jnp.float32) * step * jnp.float32(std_factor)
+    return x + jax.lax.stop_gradient(noise).astype(x.dtype)
