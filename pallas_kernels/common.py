@@ -8,14 +8,14 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal
+from typing import Callable
 
 import jax
 
 from bitscale.numerics import ieee
+from bitscale.numerics.validate import (  # noqa: F401  (re-exported)
+    IMPLEMENTATIONS, Implementation, check_implementation)
 
-Implementation = Literal["auto", "pallas", "xla"]
-IMPLEMENTATIONS = ("auto", "pallas", "xla")
 PALLAS_BACKENDS = ("gpu", "tpu")
 
 
@@ -29,8 +29,7 @@ def use_pallas(implementation: str, interpret: bool, op: str) -> bool:
     Raises ValueError for an unknown choice, and for ``"pallas"`` on a backend without a Pallas
     lowering unless ``interpret=True``.
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    check_implementation(implementation)
     if implementation == "xla":
         return False
     if interpret:

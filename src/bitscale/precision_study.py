@@ -32,7 +32,6 @@ from flax import nnx
 from bitscale import data as bdata
 from bitscale import nn as bnn
 from bitscale.config_file import load_module
-from bitscale.numerics import quantize
 from bitscale.report import markdown_table, plot_curves
 from bitscale.train import evaluate
 from bitscale.train import loop as train_loop
@@ -71,25 +70,6 @@ def task_words(cfg) -> str:
             f"{'compact ' if style == 'compact' else ''}worked steps")
 
 
-def weight_bits(model) -> float:
-    """Bits per weight of the projections' stored format, size-weighted over all projections.
-
-    Quantized rules: ``quantize(W.T, rule.weight, axis=0).bits_per_element`` (scales included,
-    as `bitscale.nn.quantize_weights` packs them); otherwise the kernel dtype's width.
-    """
-    bits, count = 0.0, 0
-    for _, m in nnx.iter_modules(model):
-        if not isinstance(m, bnn.Linear) or m.path == "lm_head":
-            continue
-        w = m.kernel.get_value()
-        spec = m.rule.weight if m.rule is not None else None
-        b = (quantize(w.T, spec, axis=0).bits_per_element if spec is not None
-             else np.dtype(w.dtype).itemsize * 8)
-        bits += b * w.size
-        count += w.size
-    return bits / count
-
-
 def run_recipe(name: str, cfg, out: pathlib.Path, test: list, task, tok, eval_batch: int,
                max_new_tokens: int) -> dict:
     workdir = out / name
@@ -115,7 +95,7 @@ def run_recipe(name: str, cfg, out: pathlib.Path, test: list, task, tok, eval_ba
     rows = read_metrics(str(workdir / "metrics.jsonl"))
     return {"recipe": name, "policy": str(cfg.policy), "final_loss": result["metrics"]["loss"],
             "accuracy": acc["accuracy"], "n_eval": acc["n"], "ppl": ppl,
-            "bits": weight_bits(model), "step_s": step_s, "train_s": train_s, "eval_s": eval_s,
+            "bits": bnn.mean_weight_bits(model), "step_s": step_s, "train_s": train_s, "eval_s": eval_s,
             "curve": ([r["step"] for r in rows], [r["loss"] for r in rows]),
             "example": (test[0].prompt + acc["completions"][0]), "model": model,
             "correct": acc["correct"]}

@@ -2,7 +2,7 @@
 policy, from one trained model.
 
 `run` starts every RL run from the same trained model (the precision study's fp32 model in
-`make demo`), converts its parameters to each run's precision policy (`bitscale.rl.convert_model`),
+`make demo`), converts its parameters to each run's precision policy (`bitscale.nn.with_policy`),
 RL-trains it with `bitscale.rl.train_rl` for a small budget on the model's own task (train split
 prompts, binary verifier reward) and returns a markdown section: reward and held-out greedy
 accuracy over RL steps, a table (final reward, accuracy before / after, sampler-vs-trainer

@@ -9,6 +9,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import bitscale.data as bdata  # noqa: E402
 import bitscale.nn as bn  # noqa: E402
 from nn_helpers import hf_logits, make_hf_model, random_tokens  # noqa: E402
 
@@ -167,10 +168,13 @@ def test_to_hf_bf16_sharded(loaded, tmp_path):
 def test_tokenizer_json(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
-        {"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+        {"[UNK]": 0, "hello": 1, "world": 2, "<s>": 3, "</s>": 4}, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     tok.save(str(tmp_path / "tokenizer.json"))
-    loaded_tok = bn.load_tokenizer(str(tmp_path))
-    assert loaded_tok.encode("hello world foo").ids == [1, 2, 0]
+    for where in (tmp_path, tmp_path / "tokenizer.json"):
+        loaded_tok = bdata.load_tokenizer(str(where))
+        assert loaded_tok.encode("hello world foo") == [1, 2, 0]
+        assert (loaded_tok.bos_id, loaded_tok.eos_id) == (3, 4)
+    assert isinstance(bdata.load_tokenizer("char"), bdata.CharTokenizer)
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
-        bn.load_tokenizer(str(tmp_path / "nope"))
+        bdata.load_tokenizer(str(tmp_path / "nope"))

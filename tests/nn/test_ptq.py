@@ -30,8 +30,11 @@ def test_int4_ptq_matches_fake_quantized_weights(model):
     assert k.codes.dtype == jnp.uint8 and k.codes.size * 2 == np.prod(k.shape)
     assert not isinstance(q.lm_head.kernel.get_value(), bs.QArray)  # lm head kept in float
     assert isinstance(model.layers[1].mlp.down_proj.kernel.get_value(), jax.Array)  # a copy
-    bits = bn.packed_bits(q)
-    assert len(bits) == 7 * TINY.num_layers and all(4 < b < 4.3 for b in bits.values())
+    bits = bn.weight_bits(q)
+    assert len(bits) == 7 * TINY.num_layers and all(4 < b < 4.3 for b, _ in bits.values())
+    assert bn.mean_weight_bits(q) == pytest.approx(bn.mean_weight_bits(
+        bn.Llama(TINY, "int4@g128", rngs=nnx.Rngs(3))))  # packed == what packing would store
+    assert bn.mean_weight_bits(model) == 32.0
     # reference: the float model with every projection W [out, in] replaced by fake_quant(W)
     # along its contraction axis
     ref = nnx.clone(model)

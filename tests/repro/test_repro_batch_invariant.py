@@ -54,7 +54,10 @@ def _prefill_decode(graphdef, state, toks, mask, nxt):
 @pytest.fixture(scope="module")
 def invariant_model():
     model = repro.make_model(TINY1, "fp32_batch_invariant", rngs=nnx.Rngs(0))
-    assert isinstance(model, repro.BatchInvariantLlama) and model.tile == 1
+    assert isinstance(model, bn.Llama) and model.row_tile == 1
+    # the policy's fixed-order sum reaches every RMSNorm from the constructor
+    assert all(m.reduction == repro.BatchInvariance() for _, m in nnx.iter_modules(model)
+               if isinstance(m, bn.RMSNorm))
     return model
 
 
@@ -63,7 +66,7 @@ def test_batch_invariant_logits_bit_identical_across_batch_sizes_and_positions(
         invariant_model, tile, batches):
     model = invariant_model if tile == 1 else repro.with_policy(
         invariant_model, repro.batch_invariant("fp32", tile=tile))
-    assert model.tile == tile
+    assert model.row_tile == tile
     ref = probe(model, 1, 0, seed=0)
     for batch in batches:
         for pos in sorted({0, batch // 2, batch - 1}):
@@ -142,5 +145,6 @@ def test_batch_invariance_errors():
     with pytest.raises(ValueError, match="valid orders"):
         repro.batch_invariant("fp32", order="tree")
     with pytest.raises(ValueError, match="unknown precision policy"):
-        repro.resolve_policy("fp64_batch_invariant")
-    assert repro.resolve_policy("bf16_batch_invariant").param_dtype == "bfloat16"
+        bn.resolve_policy("fp64_batch_invariant")
+    assert bn.resolve_policy("bf16_batch_invariant").param_dtype == "bfloat16"
+    assert repro.row_tile("bf16_batch_invariant") == 1 and repro.row_tile("bf16") is None

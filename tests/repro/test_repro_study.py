@@ -147,7 +147,7 @@ def test_sampled_study_keys_each_problem_not_each_row():
                              seed=3)
     assert result["decoding"] == "Temperature(t=1.0)"
     assert [c["diverged_fraction"] for c in result["cells"]] == [0.0, 0.0]
-    inv = repro.with_policy(model, repro.resolve_policy("fp32_batch_invariant"))
+    inv = repro.with_policy(model, "fp32_batch_invariant")
     kw = dict(batch_size=3, max_prompt_len=24, max_new_tokens=10)
     s1, _ = repro.greedy_outputs(inv, examples, tok, strategy="temperature:1.0", seed=3, **kw)
     s2, _ = repro.greedy_outputs(inv, examples[::-1], tok, strategy="temperature:1.0", seed=3,

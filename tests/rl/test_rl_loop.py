@@ -29,6 +29,7 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from bitscale import data as bdata  # noqa: E402
+from bitscale import nn as bn  # noqa: E402
 from bitscale import rl  # noqa: E402
 from bitscale.config_file import load_module  # noqa: E402
 from bitscale.train.checkpoint import Checkpointer, CheckpointError  # noqa: E402
@@ -216,11 +217,11 @@ def test_mc_grpo_pivot_is_excluded(sft_model, rollout_4x4):
                for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(other)))
 
 
-def test_convert_model_casts_and_copies(sft_model):
-    ref = rl.convert_model(sft_model, "bf16")
+def test_with_policy_casts_and_copies(sft_model):
+    ref = bn.with_policy(sft_model, "bf16")
     params = jax.tree.leaves(nnx.state(ref, nnx.Param))
     assert {str(x.dtype) for x in params} == {"bfloat16"}
-    same = rl.convert_model(sft_model, "fp32")
+    same = bn.with_policy(sft_model, "fp32")
     a, b = nnx.state(sft_model, nnx.Param), nnx.state(same, nnx.Param)
     assert_trees_equal(a, b)
     assert all(x.unsafe_buffer_pointer() != y.unsafe_buffer_pointer()

@@ -23,11 +23,13 @@ from bitscale.data._example import (
     Task,
     check_int_answer,
     extract_answer,
+    parse_int,
     split_of,
 )
 from bitscale.data._expr import parse_expression
 from bitscale.data._gsm8k import gsm8k_check, load_gsm8k_jsonl
 from bitscale.data._modular import MODULAR_OPS, ModularArithmetic
+from bitscale.data._tasks import TASKS, make_task
 from bitscale.data._tokenizer import (
     BOS_ID,
     CHARS,
@@ -37,6 +39,7 @@ from bitscale.data._tokenizer import (
     HFTokenizer,
     Tokenizer,
     load_hf_tokenizer,
+    load_tokenizer,
 )
 
 __all__ = [
@@ -44,6 +47,6 @@ __all__ = [
     "MODULAR_OPS", "PAD_ID", "SPLITS", "Arithmetic", "Batch", "CharTokenizer", "Countdown",
     "Example", "HFTokenizer", "ModularArithmetic", "PromptBatch", "Task", "Tokenizer", "batches",
     "check_countdown", "check_int_answer", "extract_answer", "gsm8k_check", "load_gsm8k_jsonl",
-    "load_hf_tokenizer", "make_batch", "parse_expression", "prompt_arrays", "prompt_batches",
-    "split_of", "worked_steps",
+    "load_hf_tokenizer", "load_tokenizer", "make_batch", "parse_expression", "parse_int", "prompt_arrays", "prompt_batches",
+    "split_of", "worked_steps", "TASKS", "make_task",
 ]

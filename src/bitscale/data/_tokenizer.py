@@ -158,3 +158,24 @@ def load_hf_tokenizer(path: str | os.PathLike, *, bos_token: str | None = None,
         raise ValueError(f"load_hf_tokenizer: cannot find BOS/EOS tokens in {path}; pass "
                          f"bos_token= and eos_token=")
     return HFTokenizer(tok, pad_id=eos if pad is None else pad, bos_id=bos, eos_id=eos)
+
+
+def load_tokenizer(spec: str | os.PathLike = "char", **special_tokens: str) -> Tokenizer:
+    """The tokenizer a run names: ``"char"`` is the built-in `CharTokenizer`; anything else is a
+    Hugging Face ``tokenizer.json`` or the directory holding it (`load_hf_tokenizer`, which
+    takes ``bos_token`` / ``eos_token`` / ``pad_token``).
+
+    Raises:
+      FileNotFoundError: no tokenizer.json at the path.
+    """
+    if isinstance(spec, str) and spec == "char":
+        if special_tokens:
+            raise ValueError(f"the char tokenizer has fixed special tokens; got {special_tokens}")
+        return CharTokenizer()
+    path = os.fspath(spec)
+    directory = os.path.dirname(path) if path.endswith(".json") else path
+    if not os.path.exists(os.path.join(directory, "tokenizer.json")):
+        raise FileNotFoundError(f"no tokenizer.json at {os.path.join(directory, 'tokenizer.json')}"
+                                " (load_tokenizer takes 'char' or a Hugging Face tokenizer "
+                                "directory / tokenizer.json)")
+    return load_hf_tokenizer(directory, **special_tokens)

@@ -2,21 +2,25 @@
 
 from bitscale.nn.attention import KVCache, init_cache
 from bitscale.nn.config import DEFAULT_AXIS_RULES, ModelConfig, RopeScaling
-from bitscale.nn.hf import from_hf, load_tokenizer, to_hf
+from bitscale.nn.hf import from_hf, to_hf
 from bitscale.nn.layers import Embed, Linear, PackedWeight, RMSNorm
-from bitscale.nn.llama import Llama, apply, module_paths
+from bitscale.nn.llama import Llama, apply, module_paths, with_policy
 from bitscale.nn.packed import packed_matmul
-from bitscale.nn.policy import (NAMED_POLICIES, PROJ, Policy, Rule, policy_names,
-                                 register_policy, resolve_policy)
-from bitscale.nn.ptq import packed_bits, quantize_weights
+from bitscale.nn.policy import (NAMED_POLICIES, PROJ, DotReduction, Policy, Rule, SumReduction,
+                                 policy_names, register_policy, register_policy_family,
+                                 resolve_policy)
+from bitscale.nn.ptq import mean_weight_bits, quantize_weights, weight_bits
 from bitscale.nn.qdot import make_dot_general, qdot, slot_key
 from bitscale.nn.sharding import (
-    MESH_AXES, constrain, logical_to_spec, make_mesh, param_specs, shard_model)
+    MESH_AXES, batch_spec, constrain, dotted_path, logical_to_spec, make_mesh, param_specs,
+    shard_model)
 
 __all__ = [
-    "DEFAULT_AXIS_RULES", "Embed", "KVCache", "Linear", "Llama", "MESH_AXES", "ModelConfig",
-    "NAMED_POLICIES", "PROJ", "PackedWeight", "Policy", "RMSNorm", "RopeScaling", "Rule", "apply",
-    "constrain", "from_hf", "init_cache", "load_tokenizer", "logical_to_spec", "make_dot_general",
-    "make_mesh", "module_paths", "packed_bits", "packed_matmul", "param_specs", "policy_names",
-    "qdot", "quantize_weights", "register_policy", "resolve_policy", "shard_model", "slot_key", "to_hf",
+    "DEFAULT_AXIS_RULES", "DotReduction", "Embed", "KVCache", "Linear", "Llama", "MESH_AXES",
+    "ModelConfig", "NAMED_POLICIES", "PROJ", "PackedWeight", "Policy", "RMSNorm", "RopeScaling",
+    "Rule", "SumReduction", "apply", "batch_spec", "constrain", "dotted_path", "from_hf",
+    "init_cache", "logical_to_spec", "make_dot_general", "make_mesh", "mean_weight_bits",
+    "module_paths", "packed_matmul", "param_specs", "policy_names", "qdot", "quantize_weights",
+    "register_policy", "register_policy_family", "resolve_policy", "shard_model", "slot_key",
+    "to_hf", "weight_bits", "with_policy",
 ]

@@ -77,11 +77,12 @@ class Attention(nnx.Module):
     """Grouped-query self-attention of decoder layer ``layer``."""
 
     def __init__(self, cfg: ModelConfig, policy: Policy, layer: int, *, param_dtype,
-                 rngs: nnx.Rngs):
+                 implementation: str = "auto", rngs: nnx.Rngs):
         p = f"layers.{layer}.attn"
         h, d, nh, nkv = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
         std, act = cfg.initializer_range, policy.act_dtype
-        kw = dict(param_dtype=param_dtype, out_dtype=act, std=std, rngs=rngs)
+        kw = dict(param_dtype=param_dtype, out_dtype=act, std=std,
+                  implementation=implementation, rngs=rngs)
         self.q_proj = Linear(h, nh * d, rule=policy.rule_for(f"{p}.q_proj"), path=f"{p}.q_proj",
                              axes=("heads", "embed"), bias=cfg.qkv_bias, **kw)
         self.k_proj = Linear(h, nkv * d, rule=policy.rule_for(f"{p}.k_proj"),

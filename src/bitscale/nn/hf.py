@@ -211,16 +211,3 @@ def to_hf(model: Llama, path: str, *, dtype=None, max_shard_bytes: Optional[int]
     if tokenizer_file is not None:
         import shutil
         shutil.copy(tokenizer_file, os.path.join(path, "tokenizer.json"))
-
-
-def load_tokenizer(path: str):
-    """The `tokenizers.Tokenizer` of ``path/tokenizer.json`` (or of a tokenizer.json file)."""
-    fn = path if path.endswith(".json") else os.path.join(path, "tokenizer.json")
-    if not os.path.exists(fn):
-        raise FileNotFoundError(f"no tokenizer.json at {fn}")
-    try:
-        import tokenizers  # noqa: PLC0415
-    except ImportError:
-        raise ImportError("load_tokenizer needs the 'tokenizers' package "
-                          "(pip install tokenizers)") from None
-    return tokenizers.Tokenizer.from_file(fn)

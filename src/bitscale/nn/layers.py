@@ -22,6 +22,7 @@ from flax import nnx
 from bitscale.numerics import QArray
 from bitscale.nn.packed import packed_matmul
 from bitscale.nn.policy import Rule
+from bitscale.numerics.validate import check_implementation
 from bitscale.nn.qdot import qdot
 
 
@@ -44,18 +45,20 @@ class Linear(nnx.Module):
     """``y = x @ W^T (+ b)``, W [out, in], through `qdot` with this layer's `Rule`.
 
     ``axes`` are the logical names of (out, in); the output is cast to ``out_dtype``.
+    ``implementation`` (``auto`` / ``xla`` / ``pallas``) is `packed_matmul`'s for a packed
+    (post-training quantized) kernel.
     """
 
     def __init__(self, d_in: int, d_out: int, *, rule: Rule, path: str, axes: tuple[str, str],
                  bias: bool = False, param_dtype="float32", out_dtype="float32",
-                 std: float = 0.02, rngs: nnx.Rngs):
+                 std: float = 0.02, implementation: str = "auto", rngs: nnx.Rngs):
         self.kernel = nnx.Param(_init(rngs, (d_out, d_in), std, param_dtype), logical_axes=axes)
         self.bias = (nnx.Param(jnp.zeros((d_out,), param_dtype), logical_axes=axes[:1])
                      if bias else None)
         self.rule = rule
         self.path = path
         self.out_dtype = jnp.dtype(out_dtype).name
-        self.implementation = "auto"
+        self.implementation = check_implementation(implementation)
 
     def __call__(self, x: jax.Array, *, key: Optional[jax.Array] = None) -> jax.Array:
         w = self.kernel.get_value()
@@ -95,8 +98,8 @@ class Embed(nnx.Module):
 class RMSNorm(nnx.Module):
     """``scale * x / rms(x)``, computed in float32 (as transformers' LlamaRMSNorm).
 
-    ``reduction``: None (``jnp.mean``), or a hashable object whose ``sum(x, axis)`` sums the
-    squares in a fixed order (``bitscale.repro.Reduction``; see `bitscale.nn.Policy.reduction`).
+    ``reduction``: None (``jnp.mean``), or a `SumReduction` whose ``sum(x, axis)`` sums the
+    squares in a fixed order (the policy's ``reduction``, which `Llama` hands to its norms).
     """
 
     def __init__(self, dim: int, *, eps: float, param_dtype="float32", out_dtype="float32",

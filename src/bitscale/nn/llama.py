@@ -17,6 +17,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 from bitscale.nn.attention import Attention, KVCache, init_cache
 from bitscale.nn.attention import attention_mask as make_mask
@@ -43,11 +44,12 @@ class MLP(nnx.Module):
     """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
 
     def __init__(self, cfg: ModelConfig, policy: Policy, layer: int, *, param_dtype,
-                 rngs: nnx.Rngs):
+                 implementation: str = "auto", rngs: nnx.Rngs):
         p = f"layers.{layer}.mlp"
         h, f = cfg.hidden_size, cfg.intermediate_size
         kw = dict(param_dtype=param_dtype, out_dtype=policy.act_dtype,
-                  std=cfg.initializer_range, bias=cfg.mlp_bias, rngs=rngs)
+                  std=cfg.initializer_range, bias=cfg.mlp_bias, implementation=implementation,
+                  rngs=rngs)
         self.gate_proj = Linear(h, f, rule=policy.rule_for(f"{p}.gate_proj"),
                                 path=f"{p}.gate_proj", axes=("mlp", "embed"), **kw)
         self.up_proj = Linear(h, f, rule=policy.rule_for(f"{p}.up_proj"), path=f"{p}.up_proj",
@@ -69,12 +71,15 @@ class DecoderLayer(nnx.Module):
     """Pre-norm block: ``h = x + attn(norm(x)); y = h + mlp(norm(h))``."""
 
     def __init__(self, cfg: ModelConfig, policy: Policy, layer: int, *, param_dtype,
-                 rngs: nnx.Rngs):
-        kw = dict(eps=cfg.rms_norm_eps, param_dtype=param_dtype, out_dtype=policy.act_dtype)
+                 implementation: str = "auto", rngs: nnx.Rngs):
+        kw = dict(eps=cfg.rms_norm_eps, param_dtype=param_dtype, out_dtype=policy.act_dtype,
+                  reduction=policy.reduction)
         self.input_norm = RMSNorm(cfg.hidden_size, **kw)
-        self.attn = Attention(cfg, policy, layer, param_dtype=param_dtype, rngs=rngs)
+        self.attn = Attention(cfg, policy, layer, param_dtype=param_dtype,
+                              implementation=implementation, rngs=rngs)
         self.post_attn_norm = RMSNorm(cfg.hidden_size, **kw)
-        self.mlp = MLP(cfg, policy, layer, param_dtype=param_dtype, rngs=rngs)
+        self.mlp = MLP(cfg, policy, layer, param_dtype=param_dtype,
+                       implementation=implementation, rngs=rngs)
         self.window = cfg.window(layer)
 
     def __call__(self, x, cos, sin, masks, *, kv=None, index=None, key=None):
@@ -107,43 +112,82 @@ class Llama(nnx.Module):
         ``mxfp4``, ``nvfp4``, ``int8``, ``int4@g128``). Every rule must match some module path
         (`module_paths`); a strict policy raises otherwise.
       param_dtype: storage dtype of the parameters (default: the policy's).
+      scan: run the layers as one `jax.lax.scan` (None: ``cfg.scan_layers``, else when there
+        are 4 layers or more); only possible when every layer has the same rules and window.
+        A call can override it (``model(tokens, scan=False)``).
+      row_tile: run every call in fixed tiles of this many rows (the batch padded to a
+        multiple), so that a sample's logits do not depend on the batch (`bitscale.repro`'s
+        batch-invariant policies); None runs the batch as one.
+      implementation: ``auto`` / ``xla`` / ``pallas`` for packed (post-training quantized)
+        kernels (`bitscale.nn.quantize_weights`).
       rngs: initializers' randomness (weights ~ N(0, initializer_range), as transformers).
+
+    The policy's ``reduction`` (a fixed-order sum, if any) is handed to every RMSNorm and to the
+    softmax of every attention layer.
 
     Stochastic rounding: layer ``i`` uses ``fold_in(key, i)``, and each matmul folds in a hash of
     its module path without the layer index (`bitscale.nn.layers.key_path`).
     """
 
     def __init__(self, cfg: ModelConfig, policy: "str | Policy" = "fp32", *,
-                 param_dtype=None, rngs: nnx.Rngs):
+                 param_dtype=None, scan: Optional[bool] = None, row_tile: Optional[int] = None,
+                 implementation: str = "auto", rngs: nnx.Rngs):
         policy = resolve_policy(policy)
         policy.check(module_paths(cfg))
+        if row_tile is not None and (isinstance(row_tile, bool) or not isinstance(row_tile, int)
+                                     or row_tile < 1):
+            raise ValueError(f"Llama: row_tile must be None or a positive integer, got "
+                             f"{row_tile!r}")
         pd = jnp.dtype(param_dtype or policy.param_dtype).name
         self.cfg = cfg
         self.policy = policy
+        self.row_tile = row_tile
+        self.implementation = implementation
         self.embed = Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=pd,
                            out_dtype=policy.act_dtype, std=cfg.initializer_range,
                            head_rule=policy.rule_for("lm_head") if cfg.tie_word_embeddings
                            else None, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, policy, i, param_dtype=pd, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, policy, i, param_dtype=pd,
+                                             implementation=implementation, rngs=rngs)
                                 for i in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=pd,
-                            out_dtype=policy.act_dtype)
+                            out_dtype=policy.act_dtype, reduction=policy.reduction)
         self.lm_head = None if cfg.tie_word_embeddings else Linear(
             cfg.hidden_size, cfg.vocab_size, rule=policy.rule_for("lm_head"), path="lm_head",
             axes=("vocab", "embed"), param_dtype=pd, out_dtype="float32",
-            std=cfg.initializer_range, rngs=rngs)
+            std=cfg.initializer_range, implementation=implementation, rngs=rngs)
         sigs = {_layer_signature(cfg, policy, i) for i in range(cfg.num_layers)}
-        want = cfg.scan_layers if cfg.scan_layers is not None else cfg.num_layers >= 4
-        self.scan = bool(want and len(sigs) == 1 and cfg.num_layers > 1)
+        if scan is None:
+            scan = cfg.scan_layers if cfg.scan_layers is not None else cfg.num_layers >= 4
+        self.scan = bool(scan and len(sigs) == 1 and cfg.num_layers > 1)
+
+    def padded_rows(self, batch: int) -> int:
+        """``batch`` rounded up to a multiple of ``row_tile`` (unchanged without tiling)."""
+        return batch if self.row_tile is None else -(-batch // self.row_tile) * self.row_tile
 
     def init_cache(self, batch: int, max_len: int) -> KVCache:
-        """An empty `KVCache` in the policy's activation dtype."""
-        return init_cache(self.cfg, batch, max_len, self.policy.act_dtype)
+        """An empty `KVCache` in the policy's activation dtype (``padded_rows(batch)`` rows; a
+        cache of exactly ``batch`` rows is accepted too)."""
+        return init_cache(self.cfg, self.padded_rows(batch), max_len, self.policy.act_dtype)
 
     def __call__(self, tokens: jax.Array, *, attention_mask: Optional[jax.Array] = None,
                  positions: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
-                 key: Optional[jax.Array] = None):
-        """Logits for ``tokens``.
+                 key: Optional[jax.Array] = None, scan: Optional[bool] = None):
+        """Logits for ``tokens`` (in ``row_tile`` row tiles if the model has one).
+
+        Args: see `forward`; ``scan`` overrides the model's layer scan for this call (False
+        runs the layers as a Python loop; True is honoured only if the model can scan).
+        """
+        scan = self.scan if scan is None else bool(scan and self.scan)
+        if self.row_tile is None:
+            return self.forward(tokens, attention_mask=attention_mask, positions=positions,
+                                cache=cache, key=key, scan=scan)
+        return self._tiled(tokens, attention_mask, positions, cache, key, scan)
+
+    def forward(self, tokens: jax.Array, *, attention_mask: Optional[jax.Array] = None,
+                positions: Optional[jax.Array] = None, cache: Optional[KVCache] = None,
+                key: Optional[jax.Array] = None, scan: bool = False):
+        """Logits for ``tokens``, the whole batch at once.
 
         Args:
           tokens: int32 [batch, length].
@@ -153,6 +197,7 @@ class Llama(nnx.Module):
           cache: a `KVCache`; the tokens are written at ``cache.index`` and the call returns
             ``(logits, new_cache)``.
           key: `jax.random` key for stochastic rounding in the policy (None: nearest).
+          scan: run the layers as one `jax.lax.scan` (the model must be able to: ``self.scan``).
         Returns:
           float32 logits [batch, length, vocab] (and the new cache when ``cache`` is given).
         """
@@ -187,7 +232,7 @@ class Llama(nnx.Module):
                     if cfg.sliding_window is not None else full)
         x = self.embed(tokens)
         x = self._act(x)
-        run = self._scanned if self.scan else self._looped
+        run = self._scanned if scan else self._looped
         x, ck, cv = run(x, cos, sin, (full, windowed), cache, index, key)
         x = self.norm(x)
         if self.lm_head is not None:
@@ -199,6 +244,70 @@ class Llama(nnx.Module):
         if cache is None:
             return logits
         return logits, KVCache(ck, cv, k_valid, index + t)
+
+    def _tiled(self, tokens, attention_mask, positions, cache, key, scan):
+        """`forward` over fixed ``[row_tile, length]`` slices of the batch (padded to a multiple
+        of the tile) inside a `lax.fori_loop`, reading and writing its rows of the logits and
+        of the KV cache with dynamic slices. Every operation the backend compiles (GEMMs,
+        reductions, softmax, whichever library they are offloaded to) sees the same shapes
+        whatever the batch size, so a sample's logits cannot depend on how many others share
+        its batch; with ``row_tile=1`` nor on its position in it. Stochastic rounding draws the
+        same bits for every tile.
+
+        References:
+          He et al., "Defeating Nondeterminism in LLM Inference", Thinking Machines Lab, 2025.
+        """
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got {list(tokens.shape)}")
+        b, t = tokens.shape
+        bt = self.row_tile
+        bp = self.padded_rows(b)
+        mask = (jnp.ones((b, t), jnp.int32) if attention_mask is None
+                else jnp.asarray(attention_mask).astype(jnp.int32))
+
+        def pad(a, value=0):
+            return jnp.pad(a, ((0, bp - a.shape[0]),) + ((0, 0),) * (a.ndim - 1),
+                           constant_values=value)
+
+        tokens, mask = pad(tokens), pad(mask, 1)
+        if positions is not None:
+            positions = pad(jnp.asarray(positions, jnp.int32))
+
+        def rows(a, i):
+            return lax.dynamic_slice_in_dim(a, i * bt, bt, axis=0)
+
+        def put(a, u, i):
+            return lax.dynamic_update_slice_in_dim(a, u, i * bt, axis=0)
+
+        def run(i, tile_cache):
+            return self.forward(rows(tokens, i), attention_mask=rows(mask, i),
+                                positions=None if positions is None else rows(positions, i),
+                                cache=tile_cache, key=key, scan=scan)
+
+        logits0 = jnp.zeros((bp, t, self.cfg.vocab_size), jnp.float32)
+        if cache is None:
+            logits = lax.fori_loop(0, bp // bt, lambda i, acc: put(acc, run(i, None), i),
+                                   logits0)
+            return logits[:b]
+        rows_in = cache.valid.shape[0]
+        if rows_in not in (b, bp):
+            raise ValueError(f"cache batch {rows_in} != tokens batch {b} (or {bp}, padded)")
+        k, v = (tuple(pad(a) for a in cache.k), tuple(pad(a) for a in cache.v))
+        valid = pad(cache.valid, False)
+
+        def body(i, carry):
+            logits, k, v, valid = carry
+            tile = KVCache(tuple(rows(a, i) for a in k), tuple(rows(a, i) for a in v),
+                           rows(valid, i), cache.index)
+            out, c = run(i, tile)
+            return (put(logits, out, i), tuple(put(a, u, i) for a, u in zip(k, c.k)),
+                    tuple(put(a, u, i) for a, u in zip(v, c.v)), put(valid, c.valid, i))
+
+        logits, k, v, valid = lax.fori_loop(0, bp // bt, body, (logits0, k, v, valid))
+        if rows_in == b:
+            k, v, valid = (tuple(a[:b] for a in k), tuple(a[:b] for a in v), valid[:b])
+        return logits[:b], KVCache(k, v, valid, cache.index + t)
 
     def _act(self, x):
         return constrain(x, ("act_batch", "act_length", "act_embed"), self.cfg.logical_axis_rules)
@@ -248,3 +357,34 @@ def apply(model: Llama, tokens: jax.Array, *, attention_mask=None, positions=Non
     """``model(tokens, ...)`` compiled with `jax.jit` (split / merge at the boundary)."""
     graphdef, state = nnx.split(model)
     return _apply(graphdef, state, tokens, attention_mask, positions, cache, key)
+
+
+_KEEP = object()
+
+
+def with_policy(model: Llama, policy: "str | Policy", *, param_dtype=None,
+                scan: Optional[bool] = None, row_tile=_KEEP,
+                implementation: Optional[str] = None) -> Llama:
+    """A new `Llama` under ``policy`` holding ``model``'s parameters, cast to the new model's
+    storage dtypes (rounded to nearest even: bf16 weights for ``bf16`` / ``layercast``).
+
+    The copy never shares buffers with ``model``. ``scan`` / ``implementation`` default to
+    ``model``'s, ``row_tile`` too (pass None to drop tiling); ``param_dtype`` to the policy's.
+
+    Raises:
+      ValueError: ``model`` holds packed (post-training quantized) weights, whose state no
+        freshly built model has.
+    """
+    policy = resolve_policy(policy)
+    row_tile = model.row_tile if row_tile is _KEEP else row_tile
+    abstract = nnx.eval_shape(lambda: Llama(
+        model.cfg, policy, param_dtype=param_dtype, scan=model.scan if scan is None else scan,
+        row_tile=row_tile, implementation=implementation or model.implementation,
+        rngs=nnx.Rngs(0)))
+    graphdef, like = nnx.split(abstract)
+    params = nnx.state(model)
+    if jax.tree.structure(params) != jax.tree.structure(like):
+        raise ValueError("with_policy: the model's state does not match a freshly built "
+                         f"{policy.name!r} model of the same config (packed weights?)")
+    state = jax.tree.map(lambda x, s: jnp.array(x, dtype=s.dtype, copy=True), params, like)
+    return nnx.merge(graphdef, state)

@@ -23,8 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from bitscale.numerics import QArray, dequantize
-
-IMPLEMENTATIONS = ("auto", "xla", "pallas")
+from bitscale.numerics.validate import check_implementation
 
 
 def pallas_packed_matmul() -> Optional[Callable]:
@@ -39,8 +38,7 @@ def pallas_packed_matmul() -> Optional[Callable]:
 def packed_matmul(x: jax.Array, w: QArray, *, compute_dtype="float32",
                   implementation: str = "auto") -> jax.Array:
     """``x @ dequantize(w)`` for a [in, out] `QArray` quantized along axis 0; float32 out."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    check_implementation(implementation)
     if not isinstance(w, QArray) or len(w.shape) != 2:
         raise TypeError("packed_matmul needs a 2-D QArray weight [in, out] (quantized with axis=0)")
     if x.shape[-1] != w.shape[0]:

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable, Literal, Union
+from typing import Callable, Iterable, Literal, Optional, Protocol, Union, runtime_checkable
 
+import jax
 import jax.numpy as jnp
 
 from bitscale.numerics.estimators import Estimator, resolve_estimator
@@ -42,6 +43,24 @@ SpecLike = Union[str, Spec, None]
 DTYPES = ("float32", "bfloat16", "float16")
 ROUNDINGS = ("nearest", "stochastic")
 WGRAD_ACTS = ("quantized", "original")
+
+
+@runtime_checkable
+class DotReduction(Protocol):
+    """What a `Rule`'s ``reduction`` is: the product in place of `jax.lax.dot_general`, with an
+    accumulation order of its own (``bitscale.repro.Reduction``, ``RowTiledDot``, ...). It must
+    be hashable (a frozen dataclass): rules are static arguments."""
+
+    def dot_general(self, lhs: jax.Array, rhs: jax.Array, dimension_numbers) -> jax.Array: ...
+
+
+@runtime_checkable
+class SumReduction(Protocol):
+    """What a `Policy`'s ``reduction`` is: a fixed-order float32 sum for the softmax
+    denominators and RMSNorm means (``bitscale.repro.Reduction``, ``BatchInvariance``).
+    Hashable, like `DotReduction`."""
+
+    def sum(self, x: jax.Array, axis: int = -1) -> jax.Array: ...
 
 
 def _check_hook(hook, method: str, what: str) -> None:
@@ -93,8 +112,8 @@ class Rule:
         from the key passed to the model call (``model(tokens, key=...)``), folded with the module
         path; without a key it falls back to nearest rounding (see `bitscale.nn.qdot`).
       reduction: None (the product is one `lax.dot_general`, accumulated as the backend
-        chooses), or a hashable object with ``dot_general(lhs, rhs, dimension_numbers)``
-        returning the product (any float dtype; cast to float32) that replaces it, e.g. an
+        chooses), or a `DotReduction`: ``dot_general(lhs, rhs, dimension_numbers)`` returning
+        the product (any float dtype; cast to float32) that replaces it, e.g. an
         emulated accumulation order (`bitscale.repro.Reduction`) or a batch-invariant tiling
         (`bitscale.repro.RowTiledDot`). It receives the operands already fake-quantized and
         cast to ``compute_dtype``. Packed (PTQ) weights ignore it.
@@ -111,7 +130,7 @@ class Rule:
     wgrad_act: Literal["quantized", "original"] = "quantized"
     fwd_rounding: Literal["nearest", "stochastic"] = "nearest"
     grad_rounding: Literal["nearest", "stochastic"] = "nearest"
-    reduction: Any = None
+    reduction: Optional[DotReduction] = None
 
     def __post_init__(self):
         try:
@@ -159,11 +178,10 @@ class Policy:
         computed in float32 regardless; logits are returned in float32.
       strict: a rule that matches no module path of the model raises (True) or warns (False).
       reduction: None (softmax and RMSNorm sum with ``jnp.sum`` / ``jnp.mean``, in an order the
-        backend may change with the batch shape), or a hashable object with ``sum(x, axis)``
-        giving a fixed-order float32 sum (``bitscale.repro.Reduction("pairwise")``, or the
-        ``bitscale.repro.BatchInvariance`` of batch-invariant policies). Attention's softmax
-        reads it from the policy; `bitscale.nn.Llama` does not hand the policy to its RMSNorms,
-        so `bitscale.repro.make_model` installs it there (``RMSNorm(..., reduction=...)``).
+        backend may change with the batch shape), or a `SumReduction` giving a fixed-order
+        float32 sum (``bitscale.repro.Reduction("pairwise")``, or the
+        ``bitscale.repro.BatchInvariance`` of batch-invariant policies); `bitscale.nn.Llama`
+        hands it to every attention softmax and RMSNorm.
     """
 
     name: str
@@ -171,7 +189,7 @@ class Policy:
     param_dtype: str = "float32"
     act_dtype: str = "float32"
     strict: bool = True
-    reduction: Any = None
+    reduction: Optional[SumReduction] = None
 
     def __post_init__(self):
         rules = tuple(self.rules)
@@ -247,6 +265,8 @@ NAMED_POLICIES: dict[str, Policy] = {
 
 
 _REGISTERED: dict[str, Policy] = {}
+_RESOLVERS: list[Callable[[str], Optional[Policy]]] = []
+_FAMILIES: list[str] = []
 
 
 def register_policy(policy: Policy, *, replace: bool = False) -> Policy:
@@ -271,20 +291,35 @@ def register_policy(policy: Policy, *, replace: bool = False) -> Policy:
     return policy
 
 
+def register_policy_family(resolver: Callable[[str], Optional[Policy]], pattern: str) -> None:
+    """Lets `resolve_policy` accept a family of names: ``resolver(name)`` returns the policy or
+    None when the name is not one of its own. ``pattern`` describes the names in error messages
+    (``<name>_batch_invariant`` for `bitscale.repro`'s). Registering a resolver twice is a no-op.
+    """
+    if resolver not in _RESOLVERS:
+        _RESOLVERS.append(resolver)
+        _FAMILIES.append(pattern)
+
+
 def policy_names() -> list[str]:
-    """Built-in (`NAMED_POLICIES`) and registered policy names."""
-    return sorted(NAMED_POLICIES) + sorted(_REGISTERED)
+    """Built-in (`NAMED_POLICIES`) and registered policy names, and registered name families."""
+    return sorted(NAMED_POLICIES) + sorted(_REGISTERED) + list(_FAMILIES)
 
 
 def resolve_policy(policy: "str | Policy") -> Policy:
-    """A `Policy` object, or the named (built-in or registered) policy; unknown names list the
-    valid ones."""
+    """A `Policy` object, or the policy of a name: built-in, registered (`register_policy`) or
+    of a registered family (`register_policy_family`); unknown names list the valid ones."""
     if isinstance(policy, Policy):
         return policy
     if isinstance(policy, str) and policy in NAMED_POLICIES:
         return NAMED_POLICIES[policy]
     if isinstance(policy, str) and policy in _REGISTERED:
         return _REGISTERED[policy]
+    if isinstance(policy, str):
+        for resolver in _RESOLVERS:
+            found = resolver(policy)
+            if found is not None:
+                return found
     raise ValueError(f"unknown precision policy {policy!r}; valid names: "
                      f"{policy_names()} (or pass a bitscale.nn.Policy, or register one with "
                      "bitscale.nn.register_policy)")

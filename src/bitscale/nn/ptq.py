@@ -16,34 +16,35 @@ from __future__ import annotations
 
 import warnings
 
+import jax.numpy as jnp
 from flax import nnx
 
 from bitscale.numerics import QArray, quantize
+from bitscale.numerics.validate import check_implementation
 from bitscale.nn.layers import Embed, Linear, PackedWeight
-from bitscale.nn.llama import Llama
-from bitscale.nn.packed import IMPLEMENTATIONS
+from bitscale.nn.llama import Llama, with_policy
 from bitscale.nn.policy import Policy, resolve_policy
 
 
 def quantize_weights(model: Llama, policy: "str | Policy" = "int4@g128", *,
-                     implementation: str = "auto", inplace: bool = False) -> Llama:
-    """A copy of ``model`` (or ``model`` itself) whose kernels are packed `QArray`s.
+                     implementation: str = "auto") -> Llama:
+    """A copy of ``model``, built under the weight-only ``policy``, whose kernels are packed
+    `QArray`s.
 
     Args:
       policy: a weight-only policy (rules with a ``weight`` spec and nothing else quantized);
         linear layers whose rule has no weight spec stay in floating point.
-      implementation: ``auto`` / ``xla`` / ``pallas`` for `packed_matmul`.
+      implementation: ``auto`` / ``xla`` / ``pallas`` for `packed_matmul` (the new model's
+        construction argument).
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, "
-                         f"got {implementation!r}")
+    check_implementation(implementation)
     policy = resolve_policy(policy)
     for r in policy.rules:
         if r.quantized and not r.weight_only:
             raise ValueError(f"policy {policy.name!r} is not weight-only: rule {r.pattern!r} "
                              "also quantizes activations or gradients")
-    if not inplace:
-        model = nnx.clone(model)
+    model = with_policy(model, policy, param_dtype=model.embed.embedding.get_value().dtype,
+                        implementation=implementation)
     for _, module in nnx.iter_modules(model):
         if isinstance(module, Embed) and module.head_rule is not None:
             if policy.rule_for("lm_head").weight is not None:
@@ -51,9 +52,7 @@ def quantize_weights(model: Llama, policy: "str | Policy" = "int4@g128", *,
                               "kept in floating point", stacklevel=2)
         if not isinstance(module, Linear):
             continue
-        rule = policy.rule_for(module.path)
-        module.rule = rule
-        module.implementation = implementation
+        rule = module.rule
         w = module.kernel.get_value()
         if rule.weight is None or isinstance(w, QArray):
             continue
@@ -63,8 +62,28 @@ def quantize_weights(model: Llama, policy: "str | Policy" = "int4@g128", *,
     return model
 
 
-def packed_bits(model: Llama) -> dict[str, float]:
-    """Bits per element of every packed kernel, keyed by module path."""
-    return {m.path: m.kernel.get_value().bits_per_element
-            for _, m in nnx.iter_modules(model)
-            if isinstance(m, Linear) and isinstance(m.kernel.get_value(), QArray)}
+def weight_bits(model: Llama) -> dict[str, tuple[float, int]]:
+    """``{path: (bits per element, elements)}`` of every linear layer's kernel but the lm head.
+
+    A packed kernel counts its own storage (codes, scales, zero points, tensor scale); a float
+    kernel whose rule has a weight spec counts what packing it would store
+    (``quantize(W.T, spec, axis=0)``, as `quantize_weights` does); any other its dtype's width.
+    """
+    out = {}
+    for _, m in nnx.iter_modules(model):
+        if not isinstance(m, Linear) or m.path == "lm_head":
+            continue
+        w = m.kernel.get_value()
+        if isinstance(w, QArray):
+            out[m.path] = (w.bits_per_element, w.size)
+        elif m.rule is not None and m.rule.weight is not None:
+            out[m.path] = (quantize(w.T, m.rule.weight, axis=0).bits_per_element, w.size)
+        else:
+            out[m.path] = (float(jnp.dtype(w.dtype).itemsize * 8), w.size)
+    return out
+
+
+def mean_weight_bits(model: Llama) -> float:
+    """`weight_bits` averaged over all those kernels, weighted by their sizes."""
+    bits = weight_bits(model)
+    return sum(b * n for b, n in bits.values()) / max(sum(n for _, n in bits.values()), 1)

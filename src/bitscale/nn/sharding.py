@@ -99,7 +99,7 @@ def param_specs(model: nnx.Module, mesh: Mesh | None = None,
     out = {}
     for path, v in nnx.to_flat_state(nnx.state(model)):
         names = v.get_metadata().get("logical_axes")
-        p = ".".join(str(k) for k in path)
+        p = dotted_path(path)
         if names is None:
             out[p] = PartitionSpec()
             continue
@@ -132,3 +132,24 @@ def _check_divisible(path: str, shape, spec, names, sizes) -> None:
         if dim % n:
             raise ValueError(f"cannot shard parameter {path} of shape {tuple(shape)}: logical axis "
                              f"{name!r} -> mesh axes {axes} (size {n}) does not divide {dim}")
+
+
+def dotted_path(path) -> str:
+    """``layers.0.mlp.up_proj.kernel`` from an `nnx` state path (a tuple of keys) or a
+    `jax.tree_util` key path (``GetAttrKey`` / ``DictKey`` / ``SequenceKey`` entries; the
+    ``.value`` attribute of a variable is dropped)."""
+    out = []
+    for k in path:
+        if isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value":
+            continue
+        out.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
+    return ".".join(out)
+
+
+def batch_spec(mesh: Mesh, rows: int, *, leading: int = 0) -> PartitionSpec:
+    """The spec of a batch whose axis ``leading`` has ``rows`` rows: split over the mesh's data
+    and fsdp axes when they divide it, else replicated (leading axes are not split)."""
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % n:
+        return PartitionSpec()
+    return PartitionSpec(*([None] * leading), ("data", "fsdp"))

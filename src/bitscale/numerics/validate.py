@@ -11,6 +11,10 @@ import numpy as np
 from bitscale.numerics import bits as B
 
 Rounding = Literal["nearest", "stochastic"]
+Implementation = Literal["auto", "pallas", "xla"]
+IMPLEMENTATIONS = ("auto", "pallas", "xla")
+"""Where a quantized op runs: ``auto`` (the Pallas kernel on GPU / TPU, XLA on CPU), ``pallas``
+or ``xla`` (the jnp reference)."""
 ROUNDINGS = ("nearest", "stochastic")
 _FLOAT_INPUTS = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -46,3 +50,11 @@ def check_rounding(rounding: str, key: Any) -> None:
 def random_bits_for(x: jax.Array, rounding: str, key: Any) -> jax.Array | None:
     """The counter-hash bits of stochastic rounding for ``x`` (None for nearest rounding)."""
     return B.random_bits(key, x.shape) if rounding == "stochastic" else None
+
+
+def check_implementation(implementation: str) -> str:
+    """``implementation`` if it is one of `IMPLEMENTATIONS`, else a ValueError naming it."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got "
+                         f"{implementation!r}")
+    return implementation

@@ -5,10 +5,11 @@
   partial sum rounded to float32 / bfloat16 / float16), with explicit adds XLA cannot reorder.
 * Policies: `with_reduction` runs every matmul of a model (projections, attention's qk / pv,
   lm head) under an emulated order (`Reduction`); `batch_invariant` (``fp32_batch_invariant``)
-  makes every sample's logits independent of batch size and position (`BatchInvariantLlama`,
-  fixed-order softmax / RMSNorm sums); `batch_dependent` emulates GPU split-K heuristics whose
-  split count follows the batch size; ``fp16`` and the `bitscale.nn` policies (``layercast``:
-  bf16 weights, fp32 compute). Build models with `make_model`, re-cast one with `with_policy`.
+  makes every sample's logits independent of batch size and position (the model in fixed row
+  tiles, fixed-order softmax / RMSNorm sums); `batch_dependent` emulates GPU split-K heuristics
+  whose split count follows the batch size; ``fp16`` and the `bitscale.nn` policies
+  (``layercast``: bf16 weights, fp32 compute). Build models with `make_model`, re-cast one with
+  `with_policy`; ``<name>_batch_invariant`` names resolve in `bitscale.nn.resolve_policy`.
 * Divergence metrics of greedy outputs (`first_divergence`, `divergence`, `group_divergence`,
   `std_at_acc`, `length_spread`) and the study (`run_study` over a grid of `Cell` objects,
   `write_report`; ``python -m bitscale.repro --config=configs/repro.py --workdir=...``).
@@ -34,9 +35,8 @@ from bitscale.repro._policies import (
     POLICIES,
     batch_dependent,
     batch_invariant,
-    install_reductions,
     make_model,
-    resolve_policy,
+    row_tile,
     with_policy,
     with_reduction,
 )
@@ -44,15 +44,14 @@ from bitscale.repro._reduce import dot_general, matmul, reduce_sum, split_sizes
 from bitscale.repro._report import markdown, write_report
 from bitscale.repro._runner import load_model, run_from_config
 from bitscale.repro._study import NATIVE, Cell, greedy_outputs, make_grid, run_study
-from bitscale.repro._tiled import BatchInvariantLlama
 
 __all__ = [
     "ACC_DTYPES", "NATIVE", "POLICIES", "BatchDependentSplitK", "BatchInvariance",
-    "BatchInvariantLlama", "Cell", "Reduction", "ReductionOrder", "RowTiledDot",
+    "Cell", "Reduction", "ReductionOrder", "RowTiledDot",
     "batch_dependent", "batch_invariant", "divergence", "divergence_curve", "dot_general",
-    "first_divergence", "greedy_outputs", "group_divergence", "install_reductions",
+    "first_divergence", "greedy_outputs", "group_divergence",
     "length_spread", "load_model", "make_grid", "make_model", "markdown", "matmul",
-    "parse_order", "reduce_sum", "resolve_policy", "run_from_config", "run_study",
+    "parse_order", "reduce_sum", "row_tile", "run_from_config", "run_study",
     "split_sizes", "std_at_acc", "summarize_indices", "with_policy", "with_reduction",
     "write_report",
 ]

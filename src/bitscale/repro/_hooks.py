@@ -16,7 +16,7 @@
   ulp; batch-invariant models therefore tile the whole model, `BatchInvariance`.)
 * `BatchInvariance(tile, order)`: the ``Policy.reduction`` of batch-invariant policies: a fixed
   order float32 ``sum`` for softmax and RMSNorm, and the row tile in which
-  `bitscale.repro.make_model` runs the whole model (`bitscale.repro.BatchInvariantLlama`).
+  `bitscale.repro.make_model` runs the whole model (`bitscale.nn.Llama`'s ``row_tile``).
 * `BatchDependentSplitK`: the opposite, on purpose: a split-K factor that grows as the number
   of rows shrinks, as GPU GEMM heuristics choose it (few rows -> few output tiles -> split K to
   fill the streaming multiprocessors). Reproduces batch-size-dependent logits on any backend.
@@ -131,8 +131,8 @@ class BatchInvariance:
 
     Attributes:
       tile: rows (samples) per model tile: `bitscale.repro.make_model` builds a
-        `BatchInvariantLlama` that pads the batch to a multiple of ``tile`` and runs the model
-        one ``[tile, length]`` slice at a time. ``tile=1`` (default) computes every sample with
+        `bitscale.nn.Llama` with ``row_tile=tile``, which pads the batch to a multiple of
+        ``tile`` and runs the model one ``[tile, length]`` slice at a time. ``tile=1`` (default) computes every sample with
         the identical batch-1 program: invariant in every op by construction, and on the tiny
         CPU model within 1.15x of the batched model at batch 1 to 32
         (benchmarks/repro_bench.py). Larger tiles suit models whose batched GEMMs pay off

@@ -3,11 +3,11 @@
 * `with_reduction(policy, hook)`: every matmul of the model (projections, attention's qk / pv,
   lm head) computed by ``hook`` (an order string such as ``"split_k:4"``, a `Reduction`,
   `RowTiledDot` or `BatchDependentSplitK`).
-* `batch_invariant(policy)`: the whole model run in fixed row tiles (`BatchInvariantLlama`)
-  plus fixed-order (pairwise, float32) sums in softmax and RMSNorm. Named
-  ``<base>_batch_invariant`` (``fp32_batch_invariant``, ``bf16_batch_invariant``, ...). Build
-  such models with `make_model` (it picks the tiled model class, and installs the policy's
-  ``reduction`` in the RMSNorms, to which `bitscale.nn.Llama` does not hand the policy).
+* `batch_invariant(policy)`: fixed-order (pairwise, float32) sums in softmax and RMSNorm and the
+  whole model run in fixed row tiles (`bitscale.nn.Llama`'s ``row_tile``). Named
+  ``<base>_batch_invariant`` (``fp32_batch_invariant``, ``bf16_batch_invariant``, ...): the
+  names resolve wherever policy names do (`bitscale.nn.resolve_policy`) once `bitscale.repro`
+  is imported. Build such models with `make_model`, which reads the tile from the policy.
 * ``fp16`` (in `bitscale.nn`): float16 weights, activations and products (float32
   accumulation).
 * ``layercast`` (in `bitscale.nn`): bfloat16 weights, float32 computation (Yuan et al.).
@@ -21,17 +21,15 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Union
+from typing import Any, Optional, Union
 
-import jax
 from flax import nnx
 
 from bitscale import nn as bnn
-from bitscale.nn import Policy, Rule
+from bitscale.nn import Policy, Rule, resolve_policy
 from bitscale.repro._hooks import (BatchDependentSplitK, BatchInvariance, Reduction,
                                    RowTiledDot)
 from bitscale.repro._order import ReductionOrder
-from bitscale.repro._tiled import BatchInvariantLlama
 
 HookLike = Union[str, ReductionOrder, Reduction, RowTiledDot, BatchDependentSplitK, Any]
 BATCH_INVARIANT_SUFFIX = "_batch_invariant"
@@ -65,8 +63,7 @@ def batch_invariant(policy: "str | Policy" = "fp32", *, tile: int = 1,
     padded prompt), prefill and cached decoding alike.
 
     The rules are kept; ``Policy.reduction`` becomes `BatchInvariance(tile, order)`: fixed-order
-    float32 sums in softmax and RMSNorm, and the row tile `make_model` runs the model in
-    (`BatchInvariantLlama`).
+    float32 sums in softmax and RMSNorm, and the row tile `make_model` builds the model with.
     """
     base = resolve_policy(policy)
     return dataclasses.replace(base, name=name or base.name + BATCH_INVARIANT_SUFFIX,
@@ -79,71 +76,40 @@ def batch_dependent(policy: "str | Policy" = "fp32", **kw) -> Policy:
     return with_reduction(base, BatchDependentSplitK(**kw), name=base.name + "_batch_split_k")
 
 
-def policy_names() -> list[str]:
-    base = sorted(set(bnn.policy_names()) | set(POLICIES))
-    return base + [f"<name>{BATCH_INVARIANT_SUFFIX}"]
+def _resolve_family(name: str) -> Optional[Policy]:
+    """``<base>_batch_invariant`` for any policy name ``<base>`` (`bitscale.nn` family hook)."""
+    if not name.endswith(BATCH_INVARIANT_SUFFIX):
+        return None
+    base = name[:-len(BATCH_INVARIANT_SUFFIX)]
+    try:
+        return batch_invariant(base)
+    except ValueError:
+        return None
 
 
-def resolve_policy(policy: "str | Policy") -> Policy:
-    """A `Policy`; names: `bitscale.nn.NAMED_POLICIES`, `POLICIES` and ``<name>_batch_invariant``.
-
-    Raises:
-      ValueError: an unknown name, listing the valid ones.
-    """
-    if isinstance(policy, Policy):
-        return policy
-    if isinstance(policy, str):
-        if policy in POLICIES:
-            return POLICIES[policy]
-        if policy in bnn.NAMED_POLICIES:
-            return bnn.NAMED_POLICIES[policy]
-        base = policy[:-len(BATCH_INVARIANT_SUFFIX)]
-        if policy.endswith(BATCH_INVARIANT_SUFFIX) and (base in POLICIES
-                                                        or base in bnn.policy_names()):
-            return batch_invariant(base)
-        if policy in bnn.policy_names():  # registered with bitscale.nn.register_policy
-            return bnn.resolve_policy(policy)
-    raise ValueError(f"unknown precision policy {policy!r}; valid names: {policy_names()} "
-                     "(or pass a bitscale.nn.Policy)")
-
+bnn.register_policy_family(_resolve_family, f"<name>{BATCH_INVARIANT_SUFFIX}")
 
 POLICIES: dict[str, Policy] = {
-    "fp32_batch_invariant": batch_invariant(bnn.NAMED_POLICIES["fp32"]),
+    "fp32_batch_invariant": resolve_policy("fp32_batch_invariant"),
 }
-"""Named policies added by `bitscale.repro` (on top of `bitscale.nn.NAMED_POLICIES`)."""
+"""Named policies `bitscale.repro` adds (on top of `bitscale.nn.NAMED_POLICIES`)."""
 
 
-def install_reductions(model: bnn.Llama) -> bnn.Llama:
-    """Hands ``model.policy.reduction`` to every RMSNorm of ``model`` (in place; returned)."""
-    for _, m in nnx.iter_modules(model):
-        if isinstance(m, bnn.RMSNorm):
-            m.reduction = model.policy.reduction
-    return model
+def row_tile(policy: "str | Policy") -> Optional[int]:
+    """The row tile a batch-invariant policy runs the model in (None for any other policy)."""
+    reduction = resolve_policy(policy).reduction
+    return reduction.tile if isinstance(reduction, BatchInvariance) else None
 
 
 def make_model(cfg: bnn.ModelConfig, policy: "str | Policy" = "fp32", *, rngs: nnx.Rngs,
                param_dtype=None) -> bnn.Llama:
-    """`bitscale.nn.Llama` under ``policy`` (repro names included) with the policy's
-    ``reduction`` installed in the RMSNorms; a `BatchInvariantLlama` for batch-invariant
-    policies (``Policy.reduction`` a `BatchInvariance`)."""
+    """`bitscale.nn.Llama` under ``policy`` (repro names included), in row tiles for
+    batch-invariant policies (``Policy.reduction`` a `BatchInvariance`)."""
     policy = resolve_policy(policy)
-    if isinstance(policy.reduction, BatchInvariance):
-        model = BatchInvariantLlama(cfg, policy, tile=policy.reduction.tile,
-                                    param_dtype=param_dtype, rngs=rngs)
-    else:
-        model = bnn.Llama(cfg, policy, param_dtype=param_dtype, rngs=rngs)
-    return install_reductions(model)
+    return bnn.Llama(cfg, policy, param_dtype=param_dtype, row_tile=row_tile(policy), rngs=rngs)
 
 
 def with_policy(model: bnn.Llama, policy: "str | Policy") -> bnn.Llama:
-    """A copy of ``model`` under ``policy``, its parameters cast to the policy's storage dtype
-    (rounded to nearest even: bf16 weights for ``bf16`` / ``layercast``)."""
+    """`bitscale.nn.with_policy` with the row tile ``policy`` asks for (none for others)."""
     policy = resolve_policy(policy)
-    abstract = nnx.eval_shape(lambda: make_model(model.cfg, policy, rngs=nnx.Rngs(0)))
-    graphdef, like = nnx.split(abstract)
-    params = nnx.state(model)
-    if jax.tree.structure(params) != jax.tree.structure(like):
-        raise ValueError("with_policy: the model's state does not match a freshly built "
-                         f"{policy.name!r} model of the same config (packed weights?)")
-    state = jax.tree.map(lambda x, s: x.astype(s.dtype), params, like)
-    return nnx.merge(graphdef, state)
+    return bnn.with_policy(model, policy, row_tile=row_tile(policy))

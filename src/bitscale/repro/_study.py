@@ -36,7 +36,8 @@ from bitscale.data import Example, Tokenizer, prompt_batches
 from bitscale.repro import _metrics as M
 from bitscale.repro._hooks import Reduction
 from bitscale.repro._order import check_acc_dtype, parse_order
-from bitscale.repro._policies import resolve_policy, with_policy, with_reduction
+from bitscale.nn import resolve_policy
+from bitscale.repro._policies import with_policy, with_reduction
 from bitscale.train.evaluate import greedy_decode
 
 NATIVE = "native"
@@ -47,7 +48,7 @@ class Cell:
     """One runtime configuration of the study.
 
     Attributes:
-      policy: a policy name (`bitscale.repro.resolve_policy`).
+      policy: a policy name (`bitscale.nn.resolve_policy`, repro names included).
       batch_size: evaluation batch size (prompts are always padded to the same length).
       order: ``native`` (one `lax.dot_general`) or an emulated order for every matmul
         (``sequential``, ``pairwise``, ``split_k:<s>``).

@@ -50,7 +50,6 @@ from bitscale.rl._step import (
     RLState,
     RLStepConfig,
     advantages,
-    convert_model,
     make_rl_step,
     trainer_log_probs,
 )
@@ -62,7 +61,7 @@ __all__ = [
     "mc_grpo_advantages", "policy_loss", "rloo_advantages",
     # RL training
     "ALGORITHMS", "REWARDS", "RL_DEFAULTS", "RLSettings", "RLState", "RLStepConfig", "Rollout",
-    "RolloutConfig", "advantages", "check_rewards", "convert_model", "make_rl_step",
+    "RolloutConfig", "advantages", "check_rewards", "make_rl_step",
     "prompt_arrays", "reward_function", "rl_settings", "rollout", "teacher_forced_batch",
     "train_rl", "trainer_log_probs",
 ]

@@ -44,9 +44,8 @@ from bitscale import data as bdata
 from bitscale import nn as bnn
 from bitscale.rl._losses import AGGREGATIONS, KL_ESTIMATORS, PolicyLossConfig
 from bitscale.rl._rollout import REWARDS, RolloutConfig, rollout
-from bitscale.rl._step import ALGORITHMS, RLState, RLStepConfig, convert_model, make_rl_step
-from bitscale.train import evaluate
-from bitscale.train._driver import StepDriver
+from bitscale.rl._step import ALGORITHMS, RLState, RLStepConfig, make_rl_step
+from bitscale.train import StepDriver, evaluate
 from bitscale.train.checkpoint import CheckpointError, Checkpointer
 from bitscale.train.loop import (
     check_resume_config,
@@ -265,11 +264,6 @@ def initial_model(cfg, s: RLSettings, mesh: Mesh) -> nnx.Module:
     return model
 
 
-def _row_spec(mesh: Mesh, rows: int) -> P:
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
-    return P(("data", "fsdp")) if rows % n == 0 else P()
-
-
 def train_rl(config, workdir: str, *, mesh: Mesh | None = None,
              on_step: Callable[[int, dict], None] | None = None,
              init_model: nnx.Module | None = None, task: Any = None,
@@ -321,7 +315,7 @@ def train_rl(config, workdir: str, *, mesh: Mesh | None = None,
         like, sh = RLState(*like), RLState(*sh)
         start, position = 0, 0
         if resumed is None:
-            policy_model = convert_model(start_model, cfg.policy)
+            policy_model = bnn.with_policy(start_model, cfg.policy)
             params = jax.device_put(nnx.state(policy_model, nnx.Param), sh.params)
             state = RLState(params, jax.device_put(tx.init(params), sh.opt_state), like.step,
                             like.rng)
@@ -333,11 +327,11 @@ def train_rl(config, workdir: str, *, mesh: Mesh | None = None,
         del like
         ref_graphdef = ref_params = ref_sh = None
         if step_cfg.use_ref:
-            ref = bnn.shard_model(convert_model(start_model, s.ref_policy), mesh)
+            ref = bnn.shard_model(bnn.with_policy(start_model, s.ref_policy), mesh)
             ref_graphdef, ref_params = nnx.split(ref, nnx.Param)
             ref_sh = jax.tree.map(lambda x: x.sharding, ref_params)
         rows = s.prompts_per_step * ro_cfg.n
-        row_sh = NamedSharding(mesh, _row_spec(mesh, rows))
+        row_sh = NamedSharding(mesh, bnn.batch_spec(mesh, rows))
         replicated = NamedSharding(mesh, P())
         batch_sh = {"tokens": row_sh, "attention_mask": row_sh, "completion_mask": row_sh,
                     "sampler_logp": row_sh, "rewards": replicated}

@@ -27,8 +27,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from bitscale.data._example import Example, Task, extract_answer, parse_int
-from bitscale.data._expr import parse_expression
+from bitscale.data import Example, Task, extract_answer, parse_expression, parse_int
 
 __all__ = [
     "RewardFn",

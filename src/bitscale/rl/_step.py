@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bitscale import nn as bnn
 from bitscale.rl._advantages import (
     drgrpo_advantages,
     grpo_advantages,
@@ -50,7 +49,7 @@ from bitscale.rl._advantages import (
 from bitscale.rl._losses import PolicyLossConfig, logprob_mismatch, policy_loss
 from bitscale.train.losses import token_log_probs
 
-__all__ = ["ALGORITHMS", "BATCH_KEYS", "RLState", "RLStepConfig", "advantages", "convert_model",
+__all__ = ["ALGORITHMS", "BATCH_KEYS", "RLState", "RLStepConfig", "advantages",
            "make_rl_step", "trainer_log_probs"]
 
 ALGORITHMS = ("grpo", "drgrpo", "rloo", "mc_grpo")
@@ -148,15 +147,6 @@ def trainer_log_probs(model: nnx.Module, tokens: jax.Array, attention_mask: jax.
     """Teacher-forced float32 log-probs [B, L - 1] of ``tokens[:, 1:]`` under ``model``."""
     logits = model(tokens, attention_mask=attention_mask, key=key)
     return token_log_probs(logits[:, :-1], tokens[:, 1:])
-
-
-def convert_model(model: nnx.Module, policy) -> nnx.Module:
-    """A new `bitscale.nn.Llama` under ``policy`` holding ``model``'s parameters cast to the
-    policy's parameter dtype; always a copy, never sharing buffers with ``model``."""
-    other = nnx.eval_shape(lambda: bnn.Llama(model.cfg, policy, rngs=nnx.Rngs(0)))  # no init
-    nnx.update(other, jax.tree.map(lambda new, old: jnp.array(new, dtype=old.dtype, copy=True),
-                                   nnx.state(model, nnx.Param), nnx.state(other, nnx.Param)))
-    return other
 
 
 def _check_batch(batch: dict, config: RLStepConfig) -> None:

@@ -10,7 +10,7 @@ The compiled program is cached per (model graph, strategy, batch, prompt length,
 max_new_tokens, cache length, number of stop tokens rounded up to a multiple of 4): the model
 crosses the `jax.jit` boundary as ``nnx.split`` (graphdef static, state traced), as in
 `bitscale.train.evaluate.greedy_decode`. A layer-scanning `Llama` is decoded with its layers
-unrolled by default (`merge_for_decode`).
+unrolled by default (`merge_for_decode`: the model is called with ``scan=False``).
 
 References:
   Pope et al., "Efficiently Scaling Transformer Inference", arXiv:2211.05102 (prefill / decode
@@ -152,18 +152,34 @@ def check_inputs(model, prompt, prompt_mask, max_new_tokens: int, max_len: Optio
     return prompt.astype(jnp.int32), prompt_mask.astype(jnp.int32), int(max_len), stop_ids
 
 
-def merge_for_decode(graphdef, state, unroll_layers: bool):
+class DecodeModel:
+    """A model as the decode loop calls it: ``model(tokens, ..., scan=scan)`` and
+    ``init_cache``; ``scan=False`` runs a layer-scanning `Llama`'s layers as a Python loop."""
+
+    def __init__(self, model, scan: Optional[bool]):
+        self.model, self.scan = model, scan
+        self.cfg = getattr(model, "cfg", None)
+
+    def __call__(self, tokens, **kw):
+        if self.scan is None:
+            return self.model(tokens, **kw)
+        return self.model(tokens, scan=self.scan, **kw)
+
+    def init_cache(self, batch: int, max_len: int):
+        return self.model.init_cache(batch, max_len)
+
+
+def merge_for_decode(graphdef, state, unroll_layers: bool) -> DecodeModel:
     """``nnx.merge`` inside the jitted sampler; with ``unroll_layers`` a `Llama` that scans its
-    layers runs them as a Python loop instead (same weights and numerics up to rounding).
+    layers is called with ``scan=False`` (same weights and numerics up to rounding).
 
     `Llama`'s scan stacks the per-layer weights on every call; inside the decode loop that is a
     copy of every layer weight per generated token, which XLA does not hoist out of the
     `while_loop` (2-3x slower decoding of the 100M benchmark model on CPU).
     """
     model = nnx.merge(graphdef, state)
-    if unroll_layers and getattr(model, "scan", False):
-        model.scan = False
-    return model
+    unroll = unroll_layers and getattr(model, "scan", False)
+    return DecodeModel(model, False if unroll else None)
 
 
 def prefill(model, prompt: jax.Array, prompt_mask: jax.Array, max_len: int):

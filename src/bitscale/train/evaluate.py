@@ -1,9 +1,9 @@
 """Held-out evaluation: cached greedy decoding, task accuracy and teacher-forced perplexity.
 
-``greedy_decode`` runs one prefill over left-padded prompts into a `KVCache`, then single-token
-decode steps inside a `jax.lax.while_loop` that stops as soon as every row has emitted EOS. It is
-compiled once per (model graph, batch, prompt length, max_new_tokens): the model crosses
-the `jax.jit` boundary as ``nnx.split`` (graphdef static, state traced), as in `bitscale.nn.apply`.
+``greedy_decode`` is `bitscale.sampling.sample` with the `Greedy` strategy: one prefill over
+left-padded prompts into a `KVCache`, then single-token decode steps inside a
+`jax.lax.while_loop` that stops as soon as every row has emitted EOS (the model's own layer scan
+is kept, as training ran it).
 
 ``accuracy`` batches examples to a fixed shape (the last batch is padded with copies of a real
 example and those rows are dropped), decodes greedily and scores with ``task.check``.
@@ -28,49 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bitscale import sampling
 from bitscale.data import Example, Tokenizer, prompt_batches
 from bitscale.train.losses import token_log_probs
 
 __all__ = ["accuracy", "greedy_decode", "perplexity"]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _decode(graphdef, state, prompt, prompt_mask, max_new_tokens: int, eos_id, pad_id):
-    model = nnx.merge(graphdef, state)
-    b, p = prompt.shape
-    n = max_new_tokens
-    # The last generated token is never fed back, so P + N - 1 slots suffice.
-    cache = model.init_cache(b, p + n - 1)
-    logits, cache = model(prompt, attention_mask=prompt_mask, cache=cache)
-    first = jnp.argmax(logits[:, -1].astype(jnp.float32), axis=-1).astype(jnp.int32)
-    out = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(first)
-    done = first == eos_id
-    lengths = jnp.ones((b,), jnp.int32)
-    ones = jnp.ones((b, 1), jnp.int32)
-
-    def cond(carry):
-        i, _, done, _, _ = carry
-        return (i < n) & ~jnp.all(done)
-
-    def body(carry):
-        i, out, done, lengths, cache = carry
-        prev = jax.lax.dynamic_slice_in_dim(out, i - 1, 1, axis=1)
-        logits, cache = model(prev, attention_mask=ones, cache=cache)
-        tok = jnp.argmax(logits[:, -1].astype(jnp.float32), axis=-1).astype(jnp.int32)
-        write = jnp.where(done, pad_id, tok)
-        out = jax.lax.dynamic_update_slice_in_dim(out, write[:, None], i, axis=1)
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | (tok == eos_id)
-        return i + 1, out, done, lengths, cache
-
-    carry = (jnp.int32(1), out, done, lengths, cache)
-    _, out, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
-    return out, lengths
-
-
-def greedy_decode(model: nnx.Module, prompt, prompt_mask, max_new_tokens: int, eos_id: int,
-                  pad_id: int) -> tuple[jax.Array, jax.Array]:
-    """Greedy continuation of left-padded prompts with a KV cache.
+def greedy_decode(model: nnx.Module, prompt, prompt_mask, max_new_tokens: int,
+                  eos_id: int | None, pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """Greedy continuation of left-padded prompts with a KV cache (`bitscale.sampling.sample`
+    with `Greedy`, layers kept as the model has them).
 
     Args:
       model: a `bitscale.nn.Llama` (anything with ``__call__(tokens, attention_mask=, cache=)``
@@ -80,21 +48,18 @@ def greedy_decode(model: nnx.Module, prompt, prompt_mask, max_new_tokens: int, e
       prompt_mask: [B, P], 1 on real prompt tokens.
       max_new_tokens: N >= 1 tokens to generate at most.
       eos_id, pad_id: a row stops after its first EOS (kept in the output); later slots are PAD.
+        A negative ``eos_id`` (or None) never stops a row.
     Returns:
       (tokens int32 [B, N], lengths int32 [B]): ``lengths`` counts the generated tokens up to and
       including the first EOS (N when a row never emits EOS). Argmax is over float32 logits
       (ties: lowest id). Decoding stops early once every row has emitted EOS.
     """
-    prompt = jnp.asarray(prompt, jnp.int32)
-    prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
-    if prompt.ndim != 2 or prompt_mask.shape != prompt.shape:
-        raise ValueError(f"greedy_decode: prompt {prompt.shape} and prompt_mask "
-                         f"{prompt_mask.shape} must be the same [batch, length] shape")
-    if int(max_new_tokens) < 1:
+    if isinstance(max_new_tokens, bool) or int(max_new_tokens) < 1:
         raise ValueError(f"greedy_decode: max_new_tokens must be >= 1, got {max_new_tokens}")
-    graphdef, state = nnx.split(model)
-    return _decode(graphdef, state, prompt, prompt_mask, int(max_new_tokens),
-                   jnp.int32(eos_id), jnp.int32(pad_id))
+    out = sampling.sample(model, prompt, prompt_mask, strategy=sampling.Greedy(),
+                          key=jax.random.key(0), max_new_tokens=int(max_new_tokens),
+                          eos_id=None if eos_id is None or int(eos_id) < 0 else int(eos_id), pad_id=int(pad_id), unroll_layers=False)
+    return out.tokens, out.lengths
 
 
 def accuracy(model: nnx.Module, examples: Sequence[Example], task: Any, tokenizer: Tokenizer, *,

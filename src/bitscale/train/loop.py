@@ -92,20 +92,6 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def _dotted(path) -> str:
-    out = []
-    for k in path:
-        if isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value":
-            continue
-        out.append(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))))
-    return ".".join(out)
-
-
-def _batch_spec(mesh: Mesh, micro_batch: int) -> P:
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
-    return P(None, ("data", "fsdp")) if micro_batch % n == 0 else P()
-
-
 def create_train_state(cfg, mesh: Mesh):
     """Builds the model and optimizer; returns ``(graphdef, tx, state, state_shardings)``.
 
@@ -117,7 +103,7 @@ def create_train_state(cfg, mesh: Mesh):
     graphdef, params = nnx.split(model, nnx.Param)
     replicated = NamedSharding(mesh, P())
     p_shard = jax.tree_util.tree_map_with_path(
-        lambda path, _: NamedSharding(mesh, specs.get(_dotted(path), P())), params)
+        lambda path, _: NamedSharding(mesh, specs.get(bnn.dotted_path(path), P())), params)
     tx = make_optimizer(cfg)
     opt_state = tx.init(params)
     o_shard = optax.tree_utils.tree_map_params(
@@ -221,7 +207,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, cfg, *, state_sh
         return TrainState(params, opt_state, state.step + 1, state.rng), metrics
 
     replicated = NamedSharding(mesh, P())
-    b_shard = {k: NamedSharding(mesh, _batch_spec(mesh, micro)) for k in BATCH_FIELDS}
+    b_shard = {k: NamedSharding(mesh, bnn.batch_spec(mesh, micro, leading=1))
+               for k in BATCH_FIELDS}
     return jax.jit(step_fn, in_shardings=(state_shardings, b_shard),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
@@ -407,9 +394,5 @@ def restore_model(cfg, workdir: str, step: int | None = None, *, policy=None,
         ckpt.close()
     model = nnx.merge(graphdef, state.params)
     if policy is not None:
-        other = bnn.Llama(cfg.model, policy, rngs=nnx.Rngs(0))
-        nnx.update(other, jax.tree.map(
-            lambda new, old: new.astype(old.dtype), nnx.state(model, nnx.Param),
-            nnx.state(other, nnx.Param)))
-        model = other
+        model = bnn.with_policy(model, policy)
     return model, step

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bitscale.data import Example, Task, extract_answer
-from bitscale.data._example import parse_int
+from bitscale.data import parse_int
 
 __all__ = ["ImperfectVerifier", "PerfectVerifier", "ResidueVerifier", "answer_codes",
            "final_answers", "task_correctness"]
