@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m bitscale.demo
+	$(PY) -m bitscale.studies.demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests

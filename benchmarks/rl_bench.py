@@ -41,7 +41,7 @@ def make_runner(policy: str, cfg: bn.ModelConfig, args, examples, task, tok):
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-4))
     step_cfg = rl.RLStepConfig(algorithm="grpo", group_size=args.group, ppo_epochs=args.epochs,
                                use_ref=args.ref)
-    ref_graphdef, ref_params = nnx.split(rl.convert_model(model, policy), nnx.Param)
+    ref_graphdef, ref_params = nnx.split(bn.with_policy(model, policy), nnx.Param)
     step = rl.make_rl_step(graphdef, tx, step_cfg,
                            ref_graphdef=ref_graphdef if args.ref else None)
     ref_params = ref_params if args.ref else None

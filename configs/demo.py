@@ -1,7 +1,7 @@
 """Precision-study config: a 1.8M-parameter char-level Llama on 2-digit addition with worked steps.
 
-Used by `make demo` (`bitscale.demo` -> `bitscale.precision_study`): every recipe trains this
-exact config (same data, seeds and steps) with only ``policy`` changed; the per-recipe files
+Used by `make demo` (`bitscale.studies.demo` -> `bitscale.studies.precision`): every recipe
+trains this exact config (same data, seeds and steps) with only ``policy`` changed; the per-recipe files
 ``configs/{fp32,bf16,fp8,mxfp4,int4_g128}.py`` are this config with their policy.
 
     python -m bitscale.train --config=configs/demo.py --workdir=/tmp/demo_fp32

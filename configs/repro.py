@@ -1,11 +1,11 @@
-"""Reproducibility study config (`python -m bitscale.repro --config=configs/repro.py
+"""Reproducibility study config (`python -m bitscale.studies.repro --config=configs/repro.py
 --workdir=/tmp/repro [--checkpoint=<bitscale.train workdir>]`).
 
 ``run`` is the tiny training config (configs/tiny.py: model, policy, data, optimizer). Without
 ``--checkpoint`` the model is trained for ``run.train.steps`` steps into ``<workdir>/train``
 (``train_model``; a rerun reuses it) or, with ``--config.train_model=False``, randomly
 initialized (a smoke run whose greedy outputs are noise). The grid crosses ``policies`` x
-``orders`` x ``acc_dtypes`` x ``batch_sizes`` (`bitscale.repro.make_grid`); every cell is
+``orders`` x ``acc_dtypes`` x ``batch_sizes`` (`bitscale.studies.repro.make_grid`); every cell is
 compared with the ``reference`` cell. The defaults (150 training steps, 36 cells, 32 problems)
 take about 6 minutes on 2 CPU cores, mostly compiling one decoder per cell; the 150-step tiny
 model does not solve the problems yet (accuracy 0), so the study measures how its outputs

@@ -17,8 +17,6 @@ from bitscale import nn as bn
 from bitscale.selfcheck import ALL_SPECS
 from bitscale.selfcheck.hlo import export_text, float_round_trips
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 KEY = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
 
 
@@ -53,7 +51,7 @@ def test_every_spec_lowers_for_cuda_and_tpu_without_round_trips(spec):
 
 
 def _tiny_cfg():
-    from nn.nn_helpers import load_config_module
+    from tests.nn.helpers import load_config_module
     return load_config_module("tiny").TINY
 
 

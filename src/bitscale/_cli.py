@@ -1,9 +1,11 @@
-"""The command line shared by ``python -m bitscale.train`` and ``python -m bitscale.rl``, and
-`quiet_library_logs` for every launcher."""
+"""The one command-line system of bitscale (absl flags): `launch` for the config-file runs
+(``python -m bitscale.train`` / ``bitscale.rl``), `launch_study` for the studies
+(``python -m bitscale.studies.<name>``), and `quiet_library_logs` for every launcher."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 from absl import app, flags, logging
@@ -35,3 +37,20 @@ def launch(run: Callable[[object, str], dict]) -> None:
         logging.info("done: step %d, metrics %s", result["step"], result["metrics"])
 
     app.run(main)
+
+
+def launch_study(define_flags: Callable[[], Mapping[str, flags.FlagHolder]],
+                 main: Callable[[dict[str, Any]], object]) -> None:
+    """Defines a study's flags (``define_flags() -> {name: FlagHolder}``, called here so that a
+    study imported by another defines nothing), parses the command line and runs
+    ``main({name: value})``. Call it from the study's ``if __name__ == "__main__"`` block; the
+    module docstring is the usage."""
+    holders = dict(define_flags())
+
+    def run(argv: list[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        quiet_library_logs()
+        main({name: h.value for name, h in holders.items()})
+
+    app.run(run)

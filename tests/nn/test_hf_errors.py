@@ -2,16 +2,12 @@
 
 import json
 
-import jax
+import numpy as np
+import pytest
+from flax import nnx
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import bitscale.nn as bn  # noqa: E402
-from bitscale.nn.safetensors_io import SafetensorsFile, save_file  # noqa: E402
+import bitscale.nn as bn
+from bitscale.nn.safetensors_io import SafetensorsFile, save_file
 
 CFG = bn.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                      num_heads=4, num_kv_heads=2)

@@ -1,17 +1,13 @@
 """Logit parity with transformers (PyTorch, CPU) on tiny random Llama / Qwen2 / Mistral models:
 full forward, KV-cache decoding, left-padded batches, sharded checkpoints and `to_hf`."""
 
-import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale.data as bdata  # noqa: E402
-import bitscale.nn as bn  # noqa: E402
-from nn_helpers import hf_logits, make_hf_model, random_tokens  # noqa: E402
+import bitscale.data as bdata
+import bitscale.nn as bn
+from tests.nn.helpers import hf_logits, make_hf_model, random_tokens
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

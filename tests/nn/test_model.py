@@ -3,17 +3,14 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import bitscale.nn as bn  # noqa: E402
-from bitscale.nn.attention import attention_mask  # noqa: E402
-from nn_helpers import load_config_module  # noqa: E402
+import bitscale.nn as bn
+from bitscale.nn.attention import attention_mask
+from tests.nn.helpers import load_config_module
 
 TINY = load_config_module("tiny").TINY
 

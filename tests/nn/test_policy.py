@@ -4,17 +4,14 @@ from the numerics core (`bitscale.fake_quant` and `jax.vjp`), named policies, La
 import functools
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-import bitscale.nn as bn  # noqa: E402
-from nn_helpers import load_config_module  # noqa: E402
+import bitscale as bs
+import bitscale.nn as bn
+from tests.nn.helpers import load_config_module
 
 DIMS = (((2,), (0,)), ((), ()))
 fake_quant = jax.jit(bs.fake_quant, static_argnames=("spec", "axis", "rounding", "estimator"))

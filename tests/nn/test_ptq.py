@@ -1,17 +1,14 @@
 """Post-training weight quantization: packed QArray kernels, packed-weight matmul."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-import bitscale.nn as bn  # noqa: E402
-from nn_helpers import load_config_module  # noqa: E402
+import bitscale as bs
+import bitscale.nn as bn
+from tests.nn.helpers import load_config_module
 
 TINY = load_config_module("tiny").TINY
 TOKS = jax.random.randint(jax.random.key(0), (2, 16), 0, TINY.vocab_size)

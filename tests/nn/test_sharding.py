@@ -8,14 +8,11 @@ import sys
 import textwrap
 
 import jax
+import pytest
+from jax.sharding import PartitionSpec as P
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import pytest  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-
-import bitscale.nn as bn  # noqa: E402
-from nn_helpers import ROOT  # noqa: E402
+import bitscale.nn as bn
+from tests.nn.helpers import ROOT
 
 RULES = bn.DEFAULT_AXIS_RULES
 

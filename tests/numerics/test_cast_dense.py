@@ -13,8 +13,6 @@ import pytest
 import bitscale as bs
 from bitscale.numerics import elementwise as E
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 # Every 997th float32 bit pattern (all exponents, signs, NaN payloads, subnormals) plus the grid
 # points, midpoints and their neighbours of each 8/16-bit format.
 _PATTERNS = np.arange(0, 2**32, 997, dtype=np.uint64).astype(np.uint32)

@@ -1,7 +1,7 @@
 """Element-wise float formats (fp8/fp6/fp4/bf16/fp16, arbitrary ExMy, E8M0, unsigned) vs references.
 
 References used here are independent of bitscale:
-* ml_dtypes 0.6 casts stored in tests/data/minifloat_*.npz (`ml_dtypes_sat` = np.clip then cast),
+* ml_dtypes 0.6 casts stored in tests/numerics/vectors/minifloat_*.npz (`ml_dtypes_sat` = np.clip then cast),
   and ml_dtypes / np.float16 casts computed in the test (bf16, fp16);
 * a float64 textbook enumeration of every ExMy code (normal (1 + M/2^m) 2^(E-bias), subnormal
   M/2^m 2^(1-bias), reserved codes of each convention removed) with a nearest-neighbour search;
@@ -14,18 +14,15 @@ Every array handed to bitscale is padded to one fixed length, so each code path 
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import bitscale as bs
+from bitscale.numerics.packing import unpack_codes
 
-import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from bitscale.numerics.packing import unpack_codes  # noqa: E402
-
-DATA = pathlib.Path(__file__).parent.parent / "data"
+DATA = pathlib.Path(__file__).parent / "vectors"
 L = 1 << 16  # fixed length of every array passed to bitscale (one compile per code path)
 FLT_MAX = float(np.finfo(np.float32).max)
 

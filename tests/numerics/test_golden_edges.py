@@ -14,9 +14,7 @@ import pytest
 import bitscale as bs
 from bitscale import selfcheck
 
-import np_reference as ref
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
+from tests.numerics import np_reference as ref
 
 X = selfcheck.make_input(32, 256, seed=3)
 

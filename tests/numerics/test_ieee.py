@@ -13,9 +13,7 @@ import pytest
 
 from bitscale.numerics import ieee
 
-import np_reference as ref
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
+from tests.numerics import np_reference as ref
 
 TINY = np.float32(2.0**-126)
 _EDGE = np.array([

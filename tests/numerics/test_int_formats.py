@@ -2,25 +2,22 @@
 
 References are independent of bitscale: numpy (np.round is round-half-to-even), the torchao 0.18
 `choose_qparams_affine` / `quantize_affine` / `dequantize_affine` vectors (int_affine.npz),
-and the BitNet b1.58 / XNOR-Net vectors in tests/data/ternary_binary.npz.
+and the BitNet b1.58 / XNOR-Net vectors in tests/numerics/vectors/ternary_binary.npz.
 """
 
 import functools
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import bitscale as bs
+from bitscale.numerics.packing import unpack_codes
+from bitscale.numerics.specs import MSE_CLIP_RATIOS
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from bitscale.numerics.packing import unpack_codes  # noqa: E402
-from bitscale.numerics.specs import MSE_CLIP_RATIOS  # noqa: E402
-
-DATA = pathlib.Path(__file__).parent.parent / "data"
+DATA = pathlib.Path(__file__).parent / "vectors"
 INT_AFFINE = np.load(DATA / "int_affine.npz")
 TERNARY_BINARY = np.load(DATA / "ternary_binary.npz")
 BITS = list(range(2, 9))

@@ -1,9 +1,9 @@
 """OCP MX block formats (MXFP8/MXFP6/MXFP4/MXINT8) against references and the OCP MX v1.0 rule.
 
 References:
-  * tests/data/mx_<fmt>.npz: microsoft/microxcaling (`microxcaling_even`, `microxcaling_scale_exp`)
+  * tests/numerics/vectors/mx_<fmt>.npz: microsoft/microxcaling (`microxcaling_even`, `microxcaling_scale_exp`)
     and torchao 0.18.0 (`torchao_{FLOOR,CEIL,EVEN,RCEIL}` + scales + codes);
-    see tests/data/REFERENCE_VECTORS.md.
+    see tests/numerics/vectors/REFERENCE_VECTORS.md.
   * hand-computed blocks from the OCP MX v1.0 conversion rule (section 6.3):
       X = 2^(floor(log2 amax) - emax_elem),  P_i = RNE(V_i / X) clamped to the element max normal;
     emax_elem: e4m3 8, e5m2 15, e3m2 4, e2m3 2, e2m1 2, int8 0.
@@ -14,18 +14,15 @@ import functools
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import bitscale as bs
+from bitscale.numerics.packing import unpack_codes
 
-import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from bitscale.numerics.packing import unpack_codes  # noqa: E402
-
-DATA = pathlib.Path(__file__).parent.parent / "data"
+DATA = pathlib.Path(__file__).parent / "vectors"
 
 # spec name -> reference file stem
 MX_FILES = {

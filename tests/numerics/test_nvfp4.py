@@ -1,7 +1,7 @@
 """NVFP4 (E2M1 elements, blocks of 16, UE4M3 block scales, optional FP32 per-tensor scale).
 
 References:
-  * tests/data/nvfp4.npz: torchao 0.18.0 `nvfp4_quantize` / `NVFP4Tensor` outputs (see
+  * tests/numerics/vectors/nvfp4.npz: torchao 0.18.0 `nvfp4_quantize` / `NVFP4Tensor` outputs (see
     REFERENCE_VECTORS.md): `two_level__*` (spec "nvfp4"), `single__*` ("nvfp4_single"),
     `random_*` (x_random), `special_single__*` (x_special).
   * hand-computed blocks from the NVIDIA recipe:
@@ -15,18 +15,15 @@ import functools
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import bitscale as bs
+from bitscale.numerics.packing import unpack_codes
 
-import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from bitscale.numerics.packing import unpack_codes  # noqa: E402
-
-DATA = pathlib.Path(__file__).parent.parent / "data"
+DATA = pathlib.Path(__file__).parent / "vectors"
 BLOCK = 16
 NAN = float("nan")
 INF = float("inf")

@@ -1,14 +1,11 @@
 """Tests for bitscale.numerics.packing against an independent Python reference."""
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from bitscale.numerics.packing import (  # noqa: E402
+from bitscale.numerics.packing import (
     pack_codes,
     packed_length,
     unpack_codes,

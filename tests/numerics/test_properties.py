@@ -10,8 +10,6 @@ from hypothesis.extra.numpy import arrays
 
 import bitscale as bs
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 ML = {"fp8_e4m3": ml_dtypes.float8_e4m3fn, "fp8_e5m2": ml_dtypes.float8_e5m2,
       "fp6_e3m2": ml_dtypes.float6_e3m2fn, "fp6_e2m3": ml_dtypes.float6_e2m3fn,
       "fp4_e2m1": ml_dtypes.float4_e2m1fn, "bf16": ml_dtypes.bfloat16}

@@ -3,16 +3,13 @@
 import functools
 
 import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from bitscale.numerics.packing import unpack_codes  # noqa: E402
+import bitscale as bs
+from bitscale.numerics.packing import unpack_codes
 
 
 def _x(shape, seed=0, dtype=jnp.float32):

@@ -8,8 +8,6 @@ import pytest
 
 import bitscale as bs
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 
 @pytest.mark.parametrize("spec, sdtype, ml", [("int4@g32:bf16", jnp.uint16, ml_dtypes.bfloat16),
                                               ("fp8_e4m3@g32:fp16", jnp.uint16, np.float16),

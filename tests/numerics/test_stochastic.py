@@ -1,6 +1,6 @@
 """Stochastic rounding: neighbours, unbiasedness, symmetry, scales, reproducibility, hash quality.
 
-References (independent of the library): `tests/data/stochastic_rounding.npz` stores, for five element
+References (independent of the library): `tests/numerics/vectors/stochastic_rounding.npz` stores, for five element
 formats, probe values x with their grid neighbours lo <= x <= hi and p_up = (x - lo) / (hi - lo)
 computed on the ml_dtypes grid (FORMATS.md section 6.1), plus torchao's bf16 SR rule
 (`bf16__toward_zero`, `bf16__away_from_zero`, `bf16__p_away`). Scaled-format grids are rebuilt here
@@ -17,18 +17,15 @@ import math
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
+import bitscale as bs
+from bitscale.numerics import bits as B
 
-import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from bitscale.numerics import bits as B  # noqa: E402
-
-DATA = pathlib.Path(__file__).parent.parent / "data"
+DATA = pathlib.Path(__file__).parent / "vectors"
 SR = np.load(DATA / "stochastic_rounding.npz")
 
 # reference-file format name -> bitscale spec name

@@ -5,15 +5,12 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import ml_dtypes  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from bitscale.numerics.transforms import (  # noqa: E402
+from bitscale.numerics.transforms import (
     hadamard_matrix,
     hadamard_transform,
     random_signs,
@@ -151,8 +148,7 @@ def test_hadamard_matrix_rejects_bad_n(n):
 # --------------------------------------------------------------------------
 
 
-def test_random_signs_values_and_determinism():
-    key = jax.random.key(0)
+def test_random_signs_values_and_determinism(key):
     s = random_signs(key, 256)
     assert s.shape == (256,)
     assert s.dtype == jnp.float32

@@ -1,19 +1,17 @@
-"""packed_matmul (Pallas kernel in interpret mode, and the XLA path) against x @ dequantize(w).
+"""packed_matmul (the Pallas kernel, interpreted and compiled on a GPU / TPU, and the XLA path)
+against x @ dequantize(w).
 
 Reference: float64 numpy ``x @ dequantize(w)``; the kernel's products are exact and summed in
 float32, so |y - ref| <= rtol * (|x| @ |dequantize(w)|) with rtol ~ 1e-5.
 """
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from pallas_kernels.packed_matmul import (  # noqa: E402
+import bitscale as bs
+from pallas_kernels.packed_matmul import (
     PackedMatmulConfig, packed_matmul, packed_matmul_reference)
 
 RTOL = 1e-5
@@ -49,54 +47,54 @@ def assert_matches(y, x, wd, rtol=RTOL):
     assert np.all(err <= rtol * bound + 1e-30), f"max rel err {np.max(err / (bound + 1e-30)):.3g}"
 
 
-def run_pallas(x, q, **kw):
-    return jax.jit(lambda a, b: packed_matmul(a, b, implementation="pallas", interpret=True,
+def run_pallas(x, q, interpret, **kw):
+    return jax.jit(lambda a, b: packed_matmul(a, b, implementation="pallas", interpret=interpret,
                                               **kw))(x, q)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: jnp.dtype(d).name)
 @pytest.mark.parametrize("spec", SPECS)
-def test_kernel_matches_float64_reference(spec, dtype):
+def test_kernel_matches_float64_reference(spec, dtype, interpret):
     q = make(spec)
     wd = dequantize(q)
     for m in (1, 8, 20):  # 20: not a multiple of block_m (16), rows are zero-padded
         x = make_x(m, 256, dtype, seed=m)
-        assert_matches(run_pallas(x, q), x, wd)
+        assert_matches(run_pallas(x, q, interpret), x, wd)
 
 
 @pytest.mark.parametrize("spec", ("int4@g32", "mxfp4", "nvfp4", "int8@channel", "int4@g64+asym"))
-def test_multi_tile_grid(spec):
+def test_multi_tile_grid(spec, interpret):
     # grid (3, 4, 4): accumulation over K tiles, several N tiles, M = 20 padded to 24.
     q = make(spec)
     x = make_x(20, 256, jnp.bfloat16)
-    y = run_pallas(x, q, config=PackedMatmulConfig(block_m=8, block_n=32, block_k=64))
+    y = run_pallas(x, q, interpret, config=PackedMatmulConfig(block_m=8, block_n=32, block_k=64))
     assert_matches(y, x, dequantize(q))
 
 
 @pytest.mark.parametrize("spec", ("int4@g32", "mxfp4", "nvfp4", "int8@channel", "fp8_e4m3"))
-def test_bf16_weights_round_like_dequantize(spec):
+def test_bf16_weights_round_like_dequantize(spec, interpret):
     # dequantize(q) of a bf16 weight is bf16: the kernel rounds its dequantized tile the same way.
     q = make(spec, k=64, w_dtype=jnp.bfloat16)
     wd = dequantize(q)
     assert wd.dtype == jnp.bfloat16
     for dtype in DTYPES:
         x = make_x(8, 64, dtype)
-        assert_matches(run_pallas(x, q), x, wd)
+        assert_matches(run_pallas(x, q, interpret), x, wd)
 
 
-def test_compute_dtype_rounds_both_operands():
+def test_compute_dtype_rounds_both_operands(interpret):
     q = make("int4@g32", k=64)
     x = make_x(8, 64, jnp.float32)
-    y = run_pallas(x, q, compute_dtype=jnp.bfloat16)
+    y = run_pallas(x, q, interpret, compute_dtype=jnp.bfloat16)
     assert_matches(y, x.astype(jnp.bfloat16), dequantize(q).astype(jnp.bfloat16))
     ref = packed_matmul_reference(x, q, compute_dtype=jnp.bfloat16)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
-def test_leading_batch_axes():
+def test_leading_batch_axes(interpret):
     q = make("mxfp4", k=64)
     x = make_x(6, 64, jnp.bfloat16).reshape(2, 3, 64)
-    y = run_pallas(x, q)
+    y = run_pallas(x, q, interpret)
     assert y.shape == (2, 3, 128)
     assert_matches(y.reshape(6, 128), x.reshape(6, 64), dequantize(q))
 

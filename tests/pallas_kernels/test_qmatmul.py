@@ -1,4 +1,5 @@
-"""qmatmul (Pallas kernel in interpret mode, and the XLA path) against bs.fake_quant references.
+"""qmatmul (the Pallas kernel, interpreted and compiled on a GPU / TPU, and the XLA path) against
+bs.fake_quant references.
 
 * forward: float64 numpy matmul of operands fake-quantized outside the kernel;
 * in-kernel quantization is bit-identical to `bs.fake_quant` (stochastic gradient rounding
@@ -9,15 +10,12 @@
 import functools
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from pallas_kernels.qmatmul import QMatmulConfig, qmatmul, qmatmul_reference  # noqa: E402
+import bitscale as bs
+from pallas_kernels.qmatmul import QMatmulConfig, qmatmul, qmatmul_reference
 
 RTOL = 1e-5
 SPECS = ("mxfp4", "mxfp8_e4m3", "nvfp4_single", "nvfp4", "int8@g32", "int4@g32", "fp8_e4m3")
@@ -31,12 +29,12 @@ def fq(a, key=None, *, spec, axis, stochastic=False):
 
 
 @functools.partial(jax.jit, static_argnames=("x_spec", "w_spec", "grad_spec", "impl", "config",
-                                             "stochastic"))
+                                             "stochastic", "interpret"))
 def run(x, w, g, key, *, x_spec, w_spec, grad_spec, impl="pallas", config=SMALL,
-        stochastic=True):
+        stochastic=True, interpret=True):
     """(y, dx, dw) of qmatmul for the output cotangent g."""
     f = functools.partial(qmatmul, x_spec=x_spec, w_spec=w_spec, grad_spec=grad_spec,
-                          key=key if stochastic else None, implementation=impl, interpret=True,
+                          key=key if stochastic else None, implementation=impl, interpret=interpret,
                           config=config)
     y, vjp = jax.vjp(f, x, w)
     return (y, *vjp(g))
@@ -66,25 +64,25 @@ def assert_matmul_close(y, a, b, rtol=RTOL):
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_forward_matches_fake_quant_operands(spec):
+def test_forward_matches_fake_quant_operands(spec, interpret):
     # bfloat16 operands (float32 ones are covered by the bit-exact and gradient tests); M = 20
     # is not a multiple of block_m, so rows are zero-padded.
     x, w = normal((20, 128), 0, jnp.bfloat16), normal((128, 64), 1, jnp.bfloat16)
     y = jax.jit(lambda a, b: qmatmul(a, b, x_spec=spec, w_spec=spec, implementation="pallas",
-                                     interpret=True, config=SMALL))(x, w)
+                                     interpret=interpret, config=SMALL))(x, w)
     assert y.dtype == jnp.float32 and y.shape == (20, 64)
     assert_matmul_close(y, fq(x, spec=spec, axis=-1), fq(w, spec=spec, axis=0))
 
 
-def test_forward_mixed_specs_and_default_config():
+def test_forward_mixed_specs_and_default_config(interpret):
     x, w = normal((8, 256), 2, jnp.bfloat16), normal((256, 96), 3)
     y = jax.jit(lambda a, b: qmatmul(a, b, x_spec="mxfp8_e4m3", w_spec="mxfp4",
-                                     implementation="pallas", interpret=True))(x, w)
+                                     implementation="pallas", interpret=interpret))(x, w)
     assert_matmul_close(y, fq(x, spec="mxfp8_e4m3", axis=-1), fq(w, spec="mxfp4", axis=0))
 
 
 @pytest.mark.parametrize("spec", SPECS)
-def test_in_kernel_quantization_is_bit_exact(spec):
+def test_in_kernel_quantization_is_bit_exact(spec, interpret):
     # 96 is padded to 128 by the 64-blocks, so tiles sit at offsets 0 and 64 on every axis.
     n, cfg = 96, QMatmulConfig(64, 64, 64)
     eye = jnp.eye(n, dtype=jnp.float32)
@@ -93,7 +91,8 @@ def test_in_kernel_quantization_is_bit_exact(spec):
     k_dx, k_dw = jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
     # x @ I == xq and, in the backward, dx = q_g(g) @ I^T == q_g(g) (blocks along axis -1,
     # stochastic with fold_in(key, 0)).
-    y, dx, dw = run(x, eye, g, key, x_spec=spec, w_spec=None, grad_spec=spec, config=cfg)
+    y, dx, dw = run(x, eye, g, key, x_spec=spec, w_spec=None, grad_spec=spec, config=cfg,
+                    interpret=interpret)
     xq = fq(x, spec=spec, axis=-1)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(xq))
     np.testing.assert_array_equal(
@@ -101,7 +100,8 @@ def test_in_kernel_quantization_is_bit_exact(spec):
     gq_dw = fq(g, k_dw, spec=spec, axis=0, stochastic=True)
     assert_matmul_close(dw, xq.T, gq_dw)
     # I @ w == wq and dw = I^T @ q_g(g) == q_g(g) (blocks along axis 0, fold_in(key, 1)).
-    y, dx, dw = run(eye, w, g, key, x_spec=None, w_spec=spec, grad_spec=spec, config=cfg)
+    y, dx, dw = run(eye, w, g, key, x_spec=None, w_spec=spec, grad_spec=spec, config=cfg,
+                    interpret=interpret)
     wq = fq(w, spec=spec, axis=0)
     np.testing.assert_array_equal(np.asarray(y), np.asarray(wq))
     np.testing.assert_array_equal(np.asarray(dw), np.asarray(gq_dw))
@@ -109,11 +109,11 @@ def test_in_kernel_quantization_is_bit_exact(spec):
 
 
 @pytest.mark.parametrize("spec", ("mxfp4", "nvfp4"))
-def test_gradients_match_reference_vjp(spec):
+def test_gradients_match_reference_vjp(spec, interpret):
     x, w, g = normal((64, 128), 7), normal((128, 96), 8), normal((64, 96), 9)
     key = jax.random.key(3)
     specs = dict(x_spec=spec, w_spec=spec, grad_spec=spec)
-    y, dx, dw = run(x, w, g, key, **specs)
+    y, dx, dw = run(x, w, g, key, interpret=interpret, **specs)
     y_r, dx_r, dw_r = run_reference(x, w, g, key, **specs)
     for a, b in ((y, y_r), (dx, dx_r), (dw, dw_r)):
         assert a.dtype == b.dtype == jnp.float32
@@ -126,12 +126,11 @@ def test_gradients_match_reference_vjp(spec):
     assert_matmul_close(dw, xq.T, fq(g, k_dw, spec=spec, axis=0, stochastic=True))
 
 
-def test_gradients_bf16_and_nearest_grad_rounding():
+def test_gradients_bf16_and_nearest_grad_rounding(interpret, key):
     x, w, g = normal((64, 64), 10, jnp.bfloat16), normal((64, 64), 11, jnp.bfloat16), normal(
         (64, 64), 12)
-    key = jax.random.key(0)
     y, dx, dw = run(x, w, g, key, x_spec="mxfp4", w_spec="nvfp4_single", grad_spec="mxfp8_e4m3",
-                    stochastic=False)
+                    stochastic=False, interpret=interpret)
     assert dx.dtype == dw.dtype == jnp.bfloat16
     xq, wq = fq(x, spec="mxfp4", axis=-1), fq(w, spec="nvfp4_single", axis=0)
     dx_ref = np.asarray(fq(g, spec="mxfp8_e4m3", axis=-1), np.float64) @ np.asarray(
@@ -142,20 +141,20 @@ def test_gradients_bf16_and_nearest_grad_rounding():
     np.testing.assert_allclose(np.asarray(dw, np.float64), dw_ref, rtol=1e-2, atol=1e-2)
 
 
-def test_grad_spec_none_gives_ste_gradients():
+def test_grad_spec_none_gives_ste_gradients(interpret):
     # M = 20 is not a multiple of 32: fine, since nothing is quantized along M.
     x, w, g = normal((20, 64), 13), normal((64, 32), 14), normal((20, 32), 15)
     _, dx, dw = run(x, w, g, None, x_spec="mxfp4", w_spec="int4@g32", grad_spec=None,
-                    stochastic=False)
+                    stochastic=False, interpret=interpret)
     xq, wq = fq(x, spec="mxfp4", axis=-1), fq(w, spec="int4@g32", axis=0)
     assert_matmul_close(dx, g, wq.T)
     assert_matmul_close(dw, xq.T, g)
 
 
-def test_stochastic_gradient_is_unbiased():
+def test_stochastic_gradient_is_unbiased(interpret):
     x, w, g = normal((32, 64), 16), normal((64, 32), 17), normal((32, 32), 18)
     n_keys = 32
-    dxs = [run(x, w, g, jax.random.key(s), x_spec="mxfp4", w_spec="mxfp4",
+    dxs = [run(x, w, g, jax.random.key(s), interpret=interpret, x_spec="mxfp4", w_spec="mxfp4",
                grad_spec="int4@g32")[1] for s in range(n_keys)]
     wq = fq(w, spec="mxfp4", axis=0)
     exact = np.asarray(g, np.float64) @ np.asarray(wq, np.float64).T

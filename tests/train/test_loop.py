@@ -14,17 +14,14 @@ import shutil
 import subprocess
 import sys
 
-import jax
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 import pytest
-from loop_helpers import assert_trees_equal
+from flax import nnx
+from tests.train.helpers import assert_trees_equal
 
 from bitscale.config_file import load_module
-from bitscale.nn import make_mesh
-from bitscale.train.checkpoint import Checkpointer, CheckpointError
-from bitscale.train.loop import create_train_state, train
+from bitscale.nn import Llama, make_mesh
+from bitscale.train import (Checkpointer, CheckpointError, RunConfig, create_train_state,
+                            make_optimizer, train)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 STEPS, EVERY = 12, 4
@@ -99,7 +96,10 @@ def test_nan_stops_and_keeps_last_good_checkpoint(full_run, tmp_path):
     ck = Checkpointer(os.path.join(workdir, "checkpoints"))
     assert ck.all_steps() == [4]
     assert max(r["step"] for r in read_rows(workdir)) < 8
-    _, _, like, shardings = create_train_state(small_config(), make_mesh())
+    run = RunConfig.of(small_config())
+    _, like, shardings = create_train_state(
+        Llama(run.model, run.policy, rngs=nnx.Rngs(run.seed)),
+        make_optimizer(run.optim, run.train.steps, seed=run.seed), make_mesh(), seed=run.seed)
     restored, meta = ck.restore(4, like, shardings)
     ref, _ = Checkpointer(os.path.join(workdir_a, "checkpoints")).restore(4, like, shardings)
     assert meta["step"] == 4 and meta["position"] == 4
@@ -166,6 +166,7 @@ def test_cli_runs_with_overrides(tmp_path):
     assert rows[1]["lr"] > 0
 
 
+@pytest.mark.slow
 def test_resume_bit_identical_with_quantized_policy_and_qat_optimizer(tmp_path):
     """MXFP4 policy (SR key threaded per step), bf16 SR master weights, per-path LR scales."""
     def cfg(**kw):

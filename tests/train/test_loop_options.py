@@ -7,19 +7,20 @@ model's logits (log-softmax by hand, DCO as ``-log(-expm1(N log1p(-p)))``).
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
-
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 import numpy as np
 import pytest
 from flax import nnx
 
 from bitscale import data as bdata
+from bitscale import nn as bnn
 from bitscale.config_file import load_module
+from bitscale import train as T
 from bitscale.train import loop
+from bitscale.train.step import BATCH_FIELDS
 from bitscale.train.metrics import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -39,14 +40,19 @@ def tiny_config(**loss):
 
 def first_step(cfg):
     """(reported loss of step 1, float64 per-sequence answer log-probs, token count)."""
-    mesh = loop.make_mesh(cfg)
-    graphdef, tx, state, shardings = loop.create_train_state(cfg, mesh)
+    run = T.RunConfig.of(cfg)
+    mesh = run.mesh.make()
+    tx = T.make_optimizer(run.optim, run.train.steps)
+    graphdef, state, shardings = T.create_train_state(
+        bnn.Llama(run.model, run.policy, rngs=nnx.Rngs(run.seed)), tx, mesh)
     params = jax.tree.map(np.asarray, jax.device_get(state.params))  # before donation
-    step = loop.make_train_step(graphdef, tx, cfg, state_shardings=shardings, mesh=mesh)
-    batch = next(bdata.batches(loop.make_task(cfg), "train", cfg.train.batch_size, 0,
+    step = T.make_train_step(graphdef, tx, T.make_schedule(run.optim, run.train.steps),
+                             loss=run.loss, train=run.train, state_shardings=shardings,
+                             mesh=mesh)
+    batch = next(bdata.batches(bdata.make_task(cfg.data), "train", cfg.train.batch_size, 0,
                                bdata.CharTokenizer(), max_prompt_len=cfg.data.max_prompt_len,
                                max_len=cfg.data.max_len))
-    _, metrics = step(state, loop._stack(batch.arrays, 1))
+    _, metrics = step(state, {k: np.asarray(batch.arrays[k])[None] for k in BATCH_FIELDS})
     model = nnx.merge(graphdef, params)
     a = batch.arrays
     logits = np.asarray(model(a["tokens"], attention_mask=a["full_mask"]), np.float64)[:, :-1]
@@ -102,7 +108,7 @@ def test_tasks_from_config(task, cls, extra):
         cfg.data.task = task
         for k, v in extra.items():
             cfg.data[k] = v
-    t = loop.make_task(cfg)
+    t = bdata.make_task(cfg.data)
     assert isinstance(t, cls)
     for k, v in extra.items():
         assert getattr(t, k) == v
@@ -120,44 +126,48 @@ def test_countdown_trains_in_the_loop(tmp_path):
     assert out["step"] == 2 and np.isfinite(out["metrics"]["loss"])
 
 
-def test_bad_loss_and_task_settings():
+def test_bad_loss_and_task_settings(tmp_path):
     with pytest.raises(ValueError, match=r"loss.kind .*\('ce', 'dco'\).*'dcoo'"):
-        loop.loss_settings(tiny_config(kind="dcoo"))
+        T.RunConfig.of(tiny_config(kind="dcoo"))
     with pytest.raises(ValueError, match=r"dco_n must be >= 1, got 0"):
-        loop.loss_settings(tiny_config(kind="dco", dco_n=0))
+        T.RunConfig.of(tiny_config(kind="dco", dco_n=0))
     with pytest.raises(ValueError, match=r"masked_thought_rate must be in \[0, 1\), got 1.5"):
-        loop.loss_settings(tiny_config(masked_thought_rate=1.5))
+        T.RunConfig.of(tiny_config(masked_thought_rate=1.5))
     cfg = tiny_config()
     cfg.data.task = "sudoku"
     with pytest.raises(ValueError, match=r"data.task must be one of .*'sudoku'"):
-        loop.make_task(cfg)
+        loop.train(cfg, str(tmp_path))
 
 
 def test_mesh_from_config():
     cfg = tiny_config()
-    mesh = loop.make_mesh(cfg)
+    mesh = T.RunConfig.of(cfg).mesh.make()
     assert dict(mesh.shape) == {"data": jax.device_count(), "fsdp": 1, "tensor": 1}
     cfg.mesh.tensor = 3
     with pytest.raises(ValueError, match="devices"):
-        loop.make_mesh(cfg)
+        T.RunConfig.of(cfg).mesh.make()
 
 
 def test_restore_model_from_a_run(tmp_path):
     cfg = tiny_config()
     cfg.train.steps = 2
     out = loop.train(cfg, str(tmp_path))
-    model, step = loop.restore_model(cfg, str(tmp_path))
+    model, step = T.restore_model(str(tmp_path), cfg.model)
     assert step == 2
     for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
                     jax.tree.leaves(out["state"].params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    bf, _ = loop.restore_model(cfg, str(tmp_path / "checkpoints"), policy="bf16")
+    bf, _ = T.restore_model(str(tmp_path / "checkpoints"), cfg.model, "bf16")
     assert bf.policy.name == "bf16"
     assert {str(x.dtype) for x in jax.tree.leaves(nnx.state(bf, nnx.Param))} == {"bfloat16"}
-    with pytest.raises(loop.CheckpointError, match=r"no checkpoint for step 7 .*available: \[2\]"):
-        loop.restore_model(cfg, str(tmp_path), step=7)
-    with pytest.raises(loop.CheckpointError, match="does not exist"):
-        loop.restore_model(cfg, str(tmp_path / "missing"))
+    with pytest.raises(T.CheckpointError, match=r"no checkpoint for step 7 .*available: \[2\]"):
+        T.restore_model(str(tmp_path), cfg.model, step=7)
+    with pytest.raises(T.CheckpointError, match="does not exist"):
+        T.restore_model(str(tmp_path / "missing"), cfg.model)
+    # a model config other than the run's is named, not restored into garbage
+    other = dataclasses.replace(cfg.model, num_layers=3)
+    with pytest.raises(T.CheckpointError, match=r"num_layers: 2 \(run\) vs 3 \(given\)"):
+        T.restore_model(str(tmp_path), other)
 
 
 def test_config_selects_a_policy_registered_by_the_config_file(tmp_path):
@@ -166,6 +176,6 @@ def test_config_selects_a_policy_registered_by_the_config_file(tmp_path):
     cfg.train.steps = 2
     out = loop.train(cfg, str(tmp_path))
     assert np.isfinite(out["metrics"]["loss"])
-    model, _ = loop.restore_model(cfg, str(tmp_path))
+    model, _ = T.restore_model(str(tmp_path), cfg.model)
     assert model.policy.name == "w4a4_mlp_fp8_attn"
     assert model.layers[0].mlp.up_proj.rule.weight.name == "mxfp4"

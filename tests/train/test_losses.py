@@ -8,14 +8,11 @@ arXiv:2502.07154, evaluated in float64 and checked by central finite differences
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from bitscale.train import losses as L  # noqa: E402
+from bitscale.train import losses as L
 
 # --------------------------------------------------------------------------------------------
 # Token cross-entropy

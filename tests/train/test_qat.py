@@ -9,16 +9,13 @@ within 5 standard errors of a Bernoulli on the two neighbours.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
 
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import pytest  # noqa: E402
-
-import bitscale as bs  # noqa: E402
-from bitscale.train import qat  # noqa: E402
+import bitscale as bs
+from bitscale.train import qat
 
 
 def _bf16_grid(x: np.ndarray) -> np.ndarray:

@@ -11,8 +11,9 @@
   (``layercast``: bf16 weights, fp32 compute). Build models with `make_model`, re-cast one with
   `with_policy`; ``<name>_batch_invariant`` names resolve in `bitscale.nn.resolve_policy`.
 * Divergence metrics of greedy outputs (`first_divergence`, `divergence`, `group_divergence`,
-  `std_at_acc`, `length_spread`) and the study (`run_study` over a grid of `Cell` objects,
-  `write_report`; ``python -m bitscale.repro --config=configs/repro.py --workdir=...``).
+  `std_at_acc`, `length_spread`). The study that runs a grid of runtime settings over a model
+  lives in `bitscale.studies.repro`
+  (``python -m bitscale.studies.repro --config=configs/repro.py``).
 
 References:
   Yuan et al., "Give Me FP32 or Give Me Death? Challenges and Solutions for Reproducible
@@ -30,7 +31,7 @@ from bitscale.repro._metrics import (
     std_at_acc,
     summarize_indices,
 )
-from bitscale.repro._order import ACC_DTYPES, ReductionOrder, parse_order
+from bitscale.repro._order import ACC_DTYPES, ReductionOrder, check_acc_dtype, parse_order
 from bitscale.repro._policies import (
     POLICIES,
     batch_dependent,
@@ -41,17 +42,12 @@ from bitscale.repro._policies import (
     with_reduction,
 )
 from bitscale.repro._reduce import dot_general, matmul, reduce_sum, split_sizes
-from bitscale.repro._report import markdown, write_report
-from bitscale.repro._runner import load_model, run_from_config
-from bitscale.repro._study import NATIVE, Cell, greedy_outputs, make_grid, run_study
 
 __all__ = [
-    "ACC_DTYPES", "NATIVE", "POLICIES", "BatchDependentSplitK", "BatchInvariance",
-    "Cell", "Reduction", "ReductionOrder", "RowTiledDot",
-    "batch_dependent", "batch_invariant", "divergence", "divergence_curve", "dot_general",
-    "first_divergence", "greedy_outputs", "group_divergence",
-    "length_spread", "load_model", "make_grid", "make_model", "markdown", "matmul",
-    "parse_order", "reduce_sum", "row_tile", "run_from_config", "run_study",
-    "split_sizes", "std_at_acc", "summarize_indices", "with_policy", "with_reduction",
-    "write_report",
+    "ACC_DTYPES", "POLICIES", "BatchDependentSplitK", "BatchInvariance",
+    "Reduction", "ReductionOrder", "RowTiledDot",
+    "batch_dependent", "batch_invariant", "check_acc_dtype", "divergence", "divergence_curve",
+    "dot_general", "first_divergence", "group_divergence", "length_spread", "make_model",
+    "matmul", "parse_order", "reduce_sum", "row_tile", "split_sizes", "std_at_acc",
+    "summarize_indices", "with_policy", "with_reduction",
 ]

@@ -4,7 +4,8 @@ the clipped policy loss with KL estimators, and the sampler/trainer log-prob mis
 RL training: `rollout` (G samples per prompt from `bitscale.sampling.sample_n`, verifier rewards,
 the teacher-forced batch), `make_rl_step` (a pure step jitted once: advantages, reference
 log-probs under the reference's own precision, PPO epochs of `policy_loss`, optax update) and
-`train_rl(config, workdir)` (the resumable loop; ``python -m bitscale.rl --config=...``).
+`train_rl(config, workdir)` (the resumable loop; ``python -m bitscale.rl --config=...``) whose
+``cfg.rl`` section is one `RLConfig` (built in configs with `rl_section`).
 
 Typical step: ``rewards = group_rewards(binary_reward(task), completions, examples,
 truncated=truncated)`` ([P, G]); ``adv = grpo_advantages(jnp.asarray(rewards)).reshape(-1)``;
@@ -27,7 +28,8 @@ from bitscale.rl._losses import (
     logprob_mismatch,
     policy_loss,
 )
-from bitscale.rl._loop import RL_DEFAULTS, RLSettings, rl_settings, train_rl
+from bitscale.rl._config import RLConfig, read_rl_config, rl_section
+from bitscale.rl._loop import initial_model, reference_model, rl_state, train_rl
 from bitscale.rl._rewards import (
     RewardFn,
     binary_reward,
@@ -60,8 +62,8 @@ __all__ = [
     "grpo_advantages", "int_graded_reward", "kl_estimate", "logprob_mismatch",
     "mc_grpo_advantages", "policy_loss", "rloo_advantages",
     # RL training
-    "ALGORITHMS", "REWARDS", "RL_DEFAULTS", "RLSettings", "RLState", "RLStepConfig", "Rollout",
-    "RolloutConfig", "advantages", "check_rewards", "make_rl_step",
-    "prompt_arrays", "reward_function", "rl_settings", "rollout", "teacher_forced_batch",
-    "train_rl", "trainer_log_probs",
+    "ALGORITHMS", "REWARDS", "RLConfig", "RLState", "RLStepConfig", "Rollout",
+    "RolloutConfig", "advantages", "check_rewards", "initial_model", "make_rl_step",
+    "prompt_arrays", "read_rl_config", "reference_model", "reward_function", "rl_section",
+    "rl_state", "rollout", "teacher_forced_batch", "train_rl", "trainer_log_probs",
 ]

@@ -63,12 +63,7 @@ class Checkpointer:
     def restore(self, step: int, like: Any, shardings: Any = None) -> tuple[Any, dict]:
         """Restores checkpoint ``step`` into the structure of ``like`` (placed as ``shardings``)."""
         where = os.path.join(self.directory, str(step))
-        try:
-            meta = self._mngr.restore(step, args=ocp.args.Composite(
-                meta=ocp.args.JsonRestore()))["meta"]
-        except Exception as e:
-            raise CheckpointError(f"corrupt or unreadable checkpoint {where}: metadata does not "
-                                  f"load ({type(e).__name__}: {e})") from e
+        meta = self._meta(step)
         paths, shapes, dtypes, treedef = _describe(like)
         got = (meta.get("paths"), [tuple(s) for s in meta.get("shapes") or []],
                meta.get("dtypes"))
@@ -85,14 +80,59 @@ class Checkpointer:
                         else [getattr(x, "sharding", None) for x in like_leaves])
         target = {f"leaf_{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
                   for i, (x, s) in enumerate(zip(like_leaves, shard_leaves))}
-        try:
-            items = self._mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target)))["state"]
-        except Exception as e:
-            raise CheckpointError(f"corrupt or unreadable checkpoint {where}: arrays do not load "
-                                  f"({type(e).__name__}: {e})") from e
+        items = self._restore_items(step, target)
         leaves = [items[f"leaf_{i:05d}"] for i in range(len(like_leaves))]
         return jax.tree_util.tree_unflatten(treedef, leaves), meta
+
+    def restore_subtree(self, step: int, prefix: str, like: Any,
+                        shardings: Any = None) -> tuple[Any, dict]:
+        """Restores the part of checkpoint ``step`` whose key paths start with ``prefix`` (e.g.
+        ``".params"`` of a `TrainState`) into the structure of ``like``.
+
+        The other leaves are read too (orbax restores whole items) and dropped.
+        """
+        where = os.path.join(self.directory, str(step))
+        meta = self._meta(step)
+        saved = list(zip(meta.get("paths") or [], [tuple(s) for s in meta.get("shapes") or []],
+                         meta.get("dtypes") or []))
+        paths, shapes, dtypes, treedef = _describe(like)
+        mine = [i for i, (p, _, _) in enumerate(saved) if p.startswith(prefix)]
+        got = [(saved[i][0][len(prefix):], saved[i][1], saved[i][2]) for i in mine]
+        want = list(zip(paths, shapes, dtypes))
+        if got != want:
+            diff = next((f"{a} (checkpoint) vs {b} (run)" for a, b in zip(got, want) if a != b),
+                        f"{len(got)} leaves under {prefix} (checkpoint) vs {len(want)} (run)")
+            raise CheckpointError(f"checkpoint {where} does not match the requested {prefix} "
+                                  f"(model config or policy changed?): first difference: {diff}")
+        like_leaves = jax.tree_util.tree_leaves(like)
+        shard_leaves = (jax.tree_util.tree_leaves(shardings) if shardings is not None
+                        else [getattr(x, "sharding", None) for x in like_leaves])
+        target = {f"leaf_{i:05d}": jax.ShapeDtypeStruct(s, np.dtype(d))
+                  for i, (_, s, d) in enumerate(saved)}
+        for j, i in enumerate(mine):
+            target[f"leaf_{i:05d}"] = jax.ShapeDtypeStruct(shapes[j], np.dtype(dtypes[j]),
+                                                           sharding=shard_leaves[j])
+        items = self._restore_items(step, target)
+        leaves = [items[f"leaf_{i:05d}"] for i in mine]
+        return jax.tree_util.tree_unflatten(treedef, leaves), meta
+
+    def _meta(self, step: int) -> dict:
+        try:
+            return self._mngr.restore(step, args=ocp.args.Composite(
+                meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:
+            where = os.path.join(self.directory, str(step))
+            raise CheckpointError(f"corrupt or unreadable checkpoint {where}: metadata does not "
+                                  f"load ({type(e).__name__}: {e})") from e
+
+    def _restore_items(self, step: int, target: dict) -> dict:
+        try:
+            return self._mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target)))["state"]
+        except Exception as e:
+            where = os.path.join(self.directory, str(step))
+            raise CheckpointError(f"corrupt or unreadable checkpoint {where}: arrays do not load "
+                                  f"({type(e).__name__}: {e})") from e
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()

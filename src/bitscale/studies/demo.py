@@ -1,0 +1,219 @@
+"""`make demo`: the built-in study, end to end on a CPU in under 15 minutes.
+
+Writes ``<out>/report.md`` (default ``runs/demo``) with one section per study, each using the
+models trained in the first:
+
+1. precision vs accuracy (`bitscale.studies.precision`): the same ~2M-parameter Llama trained on
+   2-digit addition with worked steps under fp32, bf16, fp8, mxfp4 and int4@g128, evaluated by
+   greedy accuracy, with a loss-curve plot;
+2. test-time scaling (`bitscale.studies.tts`): N samples per held-out problem from every
+   recipe's model (shared-prefill best-of-N), pass@k, majority vote and imperfect-verifier
+   accuracy against k, K*;
+3. reproducibility (`bitscale.studies.repro`): the fp32 model's greedy outputs under other
+   precisions (bf16, fp16, LayerCast, fp8), batch sizes and emulated accumulation orders,
+   against the fp32 batch-1 reference, with the batch-invariant mode as control;
+4. RL in low precision (`bitscale.studies.rl`): GRPO vs MC-GRPO at G = 2 and 8 under bf16 and
+   fp8, from an early (step ``RL_INIT_STEP``) checkpoint of the fp32 run, so there is reward
+   left to gain;
+5. quantization error by format (`bitscale.studies.formats`, seconds).
+
+    python -m bitscale.studies.demo [--out=runs/demo] [--steps=N] [--eval_problems=N]
+        [--recipes=fp32,bf16,...] [--tts_problems=N] [--tts_samples=N] [--repro_problems=N]
+        [--quick]
+
+``--quick`` runs the same code path on a tiny budget (a few steps, a few problems): it is what
+the test suite runs. Progress goes to stdout (one line per recipe and stage) and stderr (the
+training progress bar).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any
+
+from absl import flags
+
+from bitscale.studies import formats, precision, repro, rl, tts
+from bitscale.train import restore_model
+
+__all__ = ["DemoBudget", "QUICK", "run", "section"]
+
+RL_INIT_STEP = 300  # configs/demo.py checkpoints every 100 steps
+# (policies, batch sizes, orders, accumulation dtypes) blocks of the reproducibility grid
+REPRO_GRID = (
+    (("fp32", "bf16", "fp16", "layercast", "fp8", "fp32_batch_invariant"), (1, 16), ("native",),
+     ("float32",)),
+    (("bf16",), (16,), ("split_k:4",), ("float32", "bfloat16")),
+)
+QUICK_REPRO_GRID = (
+    (("fp32", "bf16", "fp32_batch_invariant"), (1, 4), ("native",), ("float32",)),
+    (("bf16",), (4,), ("split_k:4",), ("bfloat16",)),
+)
+REPRO_TITLE = "Reproducibility: precision, batch size and reduction order"
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoBudget:
+    """How much of each study the demo runs (the defaults are `make demo`'s).
+
+    Attributes:
+      steps: train.steps of every recipe (None: configs/demo.py's).
+      eval_problems, tts_problems, tts_samples, repro_problems: held-out problems of the
+        precision, test-time-scaling and reproducibility sections, and samples per problem.
+      recipes: the precision recipes (`bitscale.studies.precision.RECIPES`).
+      quick: the tiny budget of the test suite (small grids, one RL run from the final model).
+    """
+
+    steps: int | None = None
+    eval_problems: int = 200
+    tts_problems: int = 32
+    tts_samples: int = 64
+    repro_problems: int = 32
+    recipes: tuple[str, ...] = tuple(precision.RECIPES)
+    quick: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "recipes", tuple(self.recipes))
+        unknown = [r for r in self.recipes if r not in precision.RECIPES]
+        if unknown or not self.recipes:
+            raise ValueError(f"DemoBudget: unknown recipes {unknown or list(self.recipes)}; "
+                             f"valid: {list(precision.RECIPES)}")
+        for name in ("eval_problems", "tts_problems", "tts_samples", "repro_problems"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DemoBudget: {name} must be >= 1, got {getattr(self, name)}")
+        if self.steps is not None and int(self.steps) < 1:
+            raise ValueError(f"DemoBudget: steps must be >= 1 or None, got {self.steps}")
+
+    def quickened(self) -> DemoBudget:
+        """This budget capped at `QUICK`'s sizes, with ``quick`` set."""
+        q = QUICK
+        return dataclasses.replace(
+            self, quick=True, steps=self.steps or q.steps,
+            eval_problems=min(self.eval_problems, q.eval_problems),
+            tts_problems=min(self.tts_problems, q.tts_problems),
+            tts_samples=min(self.tts_samples, q.tts_samples),
+            repro_problems=min(self.repro_problems, q.repro_problems))
+
+
+QUICK = DemoBudget(steps=4, eval_problems=8, tts_problems=4, tts_samples=4, repro_problems=4,
+                   quick=True)
+RL_BUDGET = {"steps": 6, "prompts_per_step": 8, "eval_examples": 32}
+RL_QUICK = dict(rl.QUICK, groups=(2,), policies=("fp8",))
+
+
+def _rl_start(prec: dict[str, Any], quick: bool):
+    """The RL runs' starting model: the baseline recipe's step-``RL_INIT_STEP`` checkpoint
+    (its final model when the run is shorter or ``quick``)."""
+    base = precision.baseline(prec)
+    cfg = base["cfg"]
+    model, step = base["model"], int(cfg.train.steps)
+    if not quick and step > RL_INIT_STEP:
+        model, step = restore_model(str(prec["out"] / base["recipe"]), cfg.model,
+                                    step=RL_INIT_STEP)
+    print(f"[rl] starting from the {base['recipe']} model at step {step}", flush=True)
+    return model, cfg
+
+
+def run(out: str | pathlib.Path, budget: DemoBudget = DemoBudget()) -> dict[str, Any]:
+    """Runs every study into ``out``; returns each study's results (keys ``precision``,
+    ``tts``, ``repro``, ``rl``, ``formats``) and ``wall_s``."""
+    t0 = time.perf_counter()
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prec = precision.run(out, budget.recipes, budget.steps, budget.eval_problems)
+    cfg, task, tok = prec["cfg"], prec["task"], prec["tokenizer"]
+    max_prompt, max_new = int(cfg.data.max_prompt_len), int(cfg.data.max_len) - 2
+
+    test = prec["test"][:budget.tts_problems]
+    tts_results = tts.run({r["recipe"]: r["model"] for r in prec["recipes"]}, test, task, tok,
+                          out, settings=tts.TTSSettings(n=budget.tts_samples, seed=int(cfg.seed)),
+                          max_prompt_len=max_prompt, max_new_tokens=max_new)
+
+    blocks = QUICK_REPRO_GRID if budget.quick else REPRO_GRID
+    grid = [c for block in blocks for c in repro.make_grid(*block)]
+    base = precision.baseline(prec)
+    repro_results = repro.run(
+        base["model"], task, tok, prec["test"][:budget.repro_problems], grid,
+        max_prompt_len=max_prompt, max_new_tokens=max_new,
+        progress=lambda msg: print(f"[repro] {msg}", flush=True))
+    repro_results["model_recipe"] = base["recipe"]
+
+    model, rl_cfg = _rl_start(prec, budget.quick)
+    rl_results = rl.run(model, rl_cfg, task, tok, out,
+                        **(RL_QUICK if budget.quick else RL_BUDGET))
+    print("format study ...", flush=True)
+    return {"precision": prec, "tts": tts_results, "repro": repro_results, "rl": rl_results,
+            "formats": formats.run(), "out": out, "wall_s": time.perf_counter() - t0}
+
+
+def _repro_intro(result: dict[str, Any]) -> str:
+    return (f"Greedy decoding of the `{result['model_recipe']}` model of the precision study on "
+            f"{result['n_problems']} held-out problems, re-run under each cell's "
+            "precision policy, batch size and (emulated) matmul accumulation order, and "
+            "compared token by token with the fp32 batch-1 run (Yuan et al., \"Give Me FP32 "
+            "or Give Me Death?\", arXiv:2506.09501). `fp32_batch_invariant` runs every row "
+            "through the same batch-1 program, so its outputs cannot depend on the batch.")
+
+
+def section(results: dict[str, Any]) -> str:
+    """The whole report: a title and every study's section."""
+    out = pathlib.Path(results["out"])
+    repro.write_report(results["repro"], str(out), title=REPRO_TITLE,
+                       intro=_repro_intro(results["repro"]), heading="##")
+    sections = [
+        precision.section(results["precision"]),
+        tts.section(results["tts"]),
+        repro.section(results["repro"], title=REPRO_TITLE, intro=_repro_intro(results["repro"]),
+                      heading="##"),
+        rl.section(results["rl"]),
+        formats.section(results["formats"]),
+    ]
+    head = ["# bitscale demo report", "",
+            "Generated by `make demo` (`python -m bitscale.studies.demo`); every number below "
+            f"was measured in this run ({results['wall_s']:.0f} s in all).", ""]
+    return "\n".join(head) + "\n" + "\n".join(sections)
+
+
+def define_flags() -> dict[str, flags.FlagHolder]:
+    d = DemoBudget()
+    return {
+        "out": flags.DEFINE_string("out", "runs/demo", "Output directory."),
+        "steps": flags.DEFINE_integer("steps", d.steps, "Override train.steps of every recipe "
+                                      "(default: configs/demo.py's)."),
+        "eval_problems": flags.DEFINE_integer("eval_problems", d.eval_problems,
+                                              "Held-out problems of the precision section."),
+        "recipes": flags.DEFINE_list("recipes", list(d.recipes), "Precision recipes."),
+        "tts_problems": flags.DEFINE_integer("tts_problems", d.tts_problems,
+                                             "Held-out problems of the test-time-scaling "
+                                             "section."),
+        "tts_samples": flags.DEFINE_integer("tts_samples", d.tts_samples,
+                                            "Samples per problem (N)."),
+        "repro_problems": flags.DEFINE_integer("repro_problems", d.repro_problems,
+                                               "Held-out problems of the reproducibility "
+                                               "section."),
+        "quick": flags.DEFINE_bool("quick", False, "Tiny budget through the same code path."),
+    }
+
+
+def main(args: dict[str, Any]) -> str:
+    """Runs the demo with the command line's budget; writes ``<out>/report.md``."""
+    t0 = time.perf_counter()
+    budget = DemoBudget(steps=args["steps"], eval_problems=args["eval_problems"],
+                        tts_problems=args["tts_problems"], tts_samples=args["tts_samples"],
+                        repro_problems=args["repro_problems"], recipes=tuple(args["recipes"]))
+    if args["quick"]:
+        budget = budget.quickened()
+    results = run(args["out"], budget)
+    report = section(results)
+    out = pathlib.Path(args["out"])
+    (out / "report.md").write_text(report)
+    print(f"wrote {out / 'report.md'} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    from bitscale._cli import launch_study
+
+    launch_study(define_flags, main)
