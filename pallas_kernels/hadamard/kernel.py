@@ -16,7 +16,7 @@ from jax.experimental import pallas as pl
 
 from bitscale.numerics import bits as B
 from pallas_kernels.common import portable_body
-from pallas_kernels.quantize.kernel import _quantize_tile
+from pallas_kernels.quantize.kernel import quantize_tile
 
 U32 = B.U32
 
@@ -38,7 +38,7 @@ def _kernel(*refs, hblock, a_len, tile, spec, stochastic):
         rand = None
         if key_ref is not None:
             rand = B.hash_counter(r * U32(a_len) + c, key_ref[0, 0], key_ref[0, 1])
-        y = _quantize_tile(y, c < U32(a_len), rand, spec, False, None)[0]
+        y = quantize_tile(y, c < U32(a_len), rand, spec, False, None)[0]
     o_ref[...] = y.astype(o_ref.dtype)
 
 

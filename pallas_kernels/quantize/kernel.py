@@ -32,7 +32,7 @@ from pallas_kernels.common import portable_body
 U32 = B.U32
 
 
-def _quantize_tile(xf, valid, rand, spec, want_codes, tensor_amax):
+def quantize_tile(xf, valid, rand, spec, want_codes, tensor_amax):
     """Quantizes a float32 tile whose quantization axis is the last one.
 
     Returns (y, codes, scales, zero_point) with per-group arrays shaped [rows, groups].
@@ -80,7 +80,7 @@ def _kernel(*refs, spec, axis_last, dims, tile, rounding, want_codes, nbits, has
     if key_ref is not None:
         rand = B.hash_counter(idx, key_ref[0, 0], key_ref[0, 1])
     tensor_amax = None if amax_ref is None else amax_ref[0, 0]
-    y, codes, scales, zp = _quantize_tile(E.to_f32(x), valid, rand, spec, want_codes,
+    y, codes, scales, zp = quantize_tile(E.to_f32(x), valid, rand, spec, want_codes,
                                           tensor_amax)
     if not axis_last:
         y = y.T

@@ -57,7 +57,7 @@ def test_llama3_rope_scaling_is_read_and_matters(checkpoints, loaded):
     assert s.original_max_position_embeddings == 64
     import dataclasses
     plain = dataclasses.replace(model.cfg, rope_scaling=None)
-    from bitscale.nn.rope import inv_frequencies
+    from bitscale.nn._rope import inv_frequencies
     a, b = inv_frequencies(model.cfg), inv_frequencies(plain)
     assert (a != b).any() and (a == b).any()  # high frequencies kept, low ones scaled
     hf_inv = checkpoints[("llama", True, False)][1].model.rotary_emb.inv_freq.numpy()

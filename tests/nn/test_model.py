@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import bitscale.nn as bn
-from bitscale.nn.attention import attention_mask
+from bitscale.nn._attention import attention_mask
 from tests.nn.helpers import load_config_module
 
 TINY = load_config_module("tiny").TINY

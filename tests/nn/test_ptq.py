@@ -67,7 +67,7 @@ def test_packed_matmul_implementations():
     np.testing.assert_allclose(np.asarray(bn.packed_matmul(x, q, implementation="xla")), ref,
                                rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(bn.packed_matmul(x, q)), ref, rtol=1e-5, atol=1e-4)
-    from bitscale.nn.packed import pallas_packed_matmul
+    from bitscale.nn._packed import pallas_packed_matmul
     if pallas_packed_matmul() is None:
         with pytest.raises(RuntimeError, match="pallas_kernels.packed_matmul is not available"):
             bn.packed_matmul(x, q, implementation="pallas")

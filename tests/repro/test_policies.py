@@ -94,14 +94,13 @@ def test_reduction_hooks_are_validated():
 
 def test_fixed_order_norm_and_softmax_sums():
     """RMSNorm / softmax with a fixed-order sum agree with the default ones to float32 noise."""
-    from bitscale.nn.attention import softmax
     x = jax.random.normal(jax.random.key(0), (4, 7, 64))
     norm = bn.RMSNorm(64, eps=1e-6)
     fixed_norm = bn.RMSNorm(64, eps=1e-6, reduction=repro.BatchInvariance())
 
     @jax.jit
     def both(x):
-        return (softmax(x, repro.BatchInvariance()), jax.nn.softmax(x, -1), fixed_norm(x),
+        return (bn.softmax(x, repro.BatchInvariance()), jax.nn.softmax(x, -1), fixed_norm(x),
                 norm(x), repro.BatchInvariance().sum(x, -1), x.sum(-1))
 
     s1, s0, n1, n0, f1, f0 = both(x)

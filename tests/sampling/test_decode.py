@@ -50,6 +50,19 @@ def test_cached_log_probs_equal_full_forward(model, batch):
     assert len(set(out.tokens[0, :out.lengths[0]])) > 1      # actually sampling
 
 
+def test_greedy_decode_compiles_once_per_shape(model):
+    """`greedy_decode` runs the sampler's jitted program: other prompts of the same shape and
+    other stop / pad ids (traced, not static) reuse its compilation."""
+    from bitscale.sampling import _decode
+
+    prompt, mask = prompts([4, 2], 5, seed=2)
+    greedy_decode(model, prompt, mask, 3, EOS, PAD)
+    before = _decode._sample._cache_size()
+    greedy_decode(model, prompt[::-1].copy(), mask[::-1].copy(), 3, EOS, PAD)
+    greedy_decode(model, prompt, mask, 3, eos_id=7, pad_id=5)
+    assert _decode._sample._cache_size() == before
+
+
 def test_greedy_equals_full_forward_argmax_and_greedy_decode(model, batch):
     out = _run(model, batch, S.Greedy())
     _check_layout(out)

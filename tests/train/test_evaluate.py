@@ -19,7 +19,6 @@ from flax import nnx
 from bitscale import data
 from bitscale import nn as bnn
 from bitscale.train import evaluate as ev
-from bitscale.sampling import _decode as sampling_decode  # the jitted sampler, for its cache
 
 TOK = data.CharTokenizer()
 CFG = bnn.ModelConfig(vocab_size=TOK.vocab_size, hidden_size=64, intermediate_size=128,
@@ -94,15 +93,6 @@ def test_greedy_eos_and_padding(model):
                                  pad_id=PAD)
     assert int(len1[0]) == 1 and (np.asarray(one)[0, 1:] == PAD).all()
     assert np.asarray(one)[0, 0] == free[0, 0]
-
-
-def test_greedy_compiles_once_per_shape(model):
-    prompt, mask = _prompts([4, 2], 5, seed=2)
-    ev.greedy_decode(model, prompt, mask, 3, EOS, PAD)
-    before = sampling_decode._sample._cache_size()
-    ev.greedy_decode(model, prompt[::-1].copy(), mask[::-1].copy(), 3, EOS, PAD)
-    ev.greedy_decode(model, prompt, mask, 3, eos_id=7, pad_id=5)  # ids are traced, not static
-    assert sampling_decode._sample._cache_size() == before
 
 
 class _Everything:

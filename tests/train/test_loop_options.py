@@ -20,7 +20,7 @@ from bitscale import nn as bnn
 from bitscale.config_file import load_module
 from bitscale import train as T
 from bitscale.train import loop
-from bitscale.train.step import BATCH_FIELDS
+from bitscale.train._step import BATCH_FIELDS
 from bitscale.train.metrics import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -41,12 +41,11 @@ from bitscale import nn as bnn
 from bitscale.rl._config import RESUMABLE_RL_KEYS, RLConfig, read_rl_config
 from bitscale.rl._rollout import rollout
 from bitscale.rl._step import RLState, make_rl_step
-from bitscale.train import StepDriver, evaluate
+from bitscale.train import (StepDriver, check_resume_config, create_train_state, evaluate,
+                            make_optimizer, make_schedule, restore_model, saved_config)
 from bitscale.train.checkpoint import Checkpointer
 from bitscale.train.metrics import MetricsWriter, Progress
-from bitscale.train.resume import check_resume_config, restore_model, saved_config
 from bitscale.train.sections import MeshConfig, OptimConfig, read_section
-from bitscale.train.state import create_train_state, make_optimizer, make_schedule
 
 __all__ = ["initial_model", "reference_model", "rl_state", "train_rl"]
 

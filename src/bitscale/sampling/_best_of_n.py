@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bitscale.nn.attention import KVCache
+from bitscale.nn import KVCache
 from bitscale.sampling._decode import (
     Samples, as_keys, check_inputs, decode_loop, merge_for_decode, model_step, pick, prefill,
     sample_keys)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bitscale.nn.attention import KVCache
+from bitscale.nn import KVCache
 from bitscale.sampling._categorical import chosen_log_probs
 from bitscale.sampling._strategies import Strategy, parse_strategy
 

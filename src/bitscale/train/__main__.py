@@ -5,7 +5,7 @@ fails. Re-running the same command in the same workdir resumes from the latest c
 """
 
 from bitscale._cli import launch
-from bitscale.train.loop import train
+from bitscale.train._loop import train
 
 if __name__ == "__main__":
     launch(train)

@@ -215,7 +215,7 @@ def param_path(path: tuple) -> str:
     """A pytree key path as a dotted string (``layers.0.mlp.kernel``), as the policy regexes see.
 
     References:
-      bitscale.nn.policy (dotted module paths matched with re.fullmatch).
+      `bitscale.nn.Rule` (dotted module paths matched with re.fullmatch).
     """
     return ".".join(_key_name(k) for k in path)
 

@@ -18,7 +18,7 @@ from jax.sharding import PartitionSpec as P
 from bitscale import nn as bnn
 from bitscale.train.losses import dco_loss, masked_thought, ramped_rate, token_cross_entropy
 from bitscale.train.sections import LossConfig, TrainConfig
-from bitscale.train.state import TrainState
+from bitscale.train._state import TrainState
 
 __all__ = ["BATCH_FIELDS", "make_train_step"]
 

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from bitscale.nn.attention import Attention, KVCache, init_cache
-from bitscale.nn.attention import attention_mask as make_mask
-from bitscale.nn.config import ModelConfig
-from bitscale.nn.layers import Embed, Linear, RMSNorm
-from bitscale.nn.policy import Policy, resolve_policy
-from bitscale.nn.rope import rope_tables
-from bitscale.nn.sharding import constrain
+from bitscale.nn._attention import Attention, KVCache, init_cache
+from bitscale.nn._attention import attention_mask as make_mask
+from bitscale.nn._config import ModelConfig
+from bitscale.nn._layers import Embed, Linear, RMSNorm
+from bitscale.nn._policy import Policy, resolve_policy
+from bitscale.nn._rope import rope_tables
+from bitscale.nn._sharding import constrain
 
 _MLP = ("gate_proj", "up_proj", "down_proj")
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj", "qk", "pv", "kv_cache")
@@ -126,7 +126,7 @@ class Llama(nnx.Module):
     softmax of every attention layer.
 
     Stochastic rounding: layer ``i`` uses ``fold_in(key, i)``, and each matmul folds in a hash of
-    its module path without the layer index (`bitscale.nn.layers.key_path`).
+    its module path without the layer index (`bitscale.nn._layers.key_path`).
     """
 
     def __init__(self, cfg: ModelConfig, policy: "str | Policy" = "fp32", *,

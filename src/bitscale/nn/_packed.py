@@ -2,7 +2,7 @@
 
 Packed weights are stored ``[K, N] = [in, out]`` and quantized along axis 0 (groups along the
 contraction axis K, codes packed along N): the layout of ``pallas_kernels.packed_matmul``.
-(Float kernels are [out, in]; `bitscale.nn.ptq` transposes when it packs.)
+(Float kernels are [out, in]; `bitscale.nn._ptq` transposes when it packs.)
 
 ``implementation``: ``"xla"`` dequantizes the codes and runs an XLA dot; ``"auto"`` and
 ``"pallas"`` call ``pallas_kernels.packed_matmul`` with the same choice (``auto``: the Pallas kernel

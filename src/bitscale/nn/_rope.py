@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bitscale.nn.config import ModelConfig
+from bitscale.nn._config import ModelConfig
 
 
 def inv_frequencies(cfg: ModelConfig) -> np.ndarray:

@@ -24,10 +24,10 @@ from bitscale import nn as bnn
 from bitscale.train._driver import StepDriver
 from bitscale.train.checkpoint import Checkpointer
 from bitscale.train.metrics import MetricsWriter, Progress
-from bitscale.train.resume import check_resume_config
+from bitscale.train._resume import check_resume_config
 from bitscale.train.sections import RunConfig
-from bitscale.train.state import create_train_state, make_optimizer, make_schedule
-from bitscale.train.step import BATCH_FIELDS, make_train_step
+from bitscale.train._state import create_train_state, make_optimizer, make_schedule
+from bitscale.train._step import BATCH_FIELDS, make_train_step
 
 __all__ = ["train"]
 

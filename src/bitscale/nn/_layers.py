@@ -3,7 +3,7 @@
 Kernels are stored ``[out, in]`` as in PyTorch / Hugging Face, so that the contraction axis is
 the last axis of both operands: block quantization along the reduction dimension then runs on
 contiguous memory (XLA's fake-quant of a transposed layout is several times slower on CPU).
-Every parameter carries ``logical_axes`` metadata for `bitscale.nn.sharding`.
+Every parameter carries ``logical_axes`` metadata for `bitscale.nn._sharding`.
 
 References:
   Zhang & Sennrich, "Root Mean Square Layer Normalization", arXiv:1910.07467.
@@ -20,10 +20,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bitscale.numerics import QArray
-from bitscale.nn.packed import packed_matmul
-from bitscale.nn.policy import Rule
+from bitscale.nn._packed import packed_matmul
+from bitscale.nn._policy import Rule
 from bitscale.numerics.validate import check_implementation
-from bitscale.nn.qdot import qdot
+from bitscale.nn._qdot import qdot
 
 
 class PackedWeight(nnx.Variable):

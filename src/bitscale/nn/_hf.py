@@ -25,9 +25,9 @@ import numpy as np
 from flax import nnx
 
 from bitscale.numerics import QArray
-from bitscale.nn.config import ModelConfig
-from bitscale.nn.llama import Llama
-from bitscale.nn.policy import Policy, resolve_policy
+from bitscale.nn._config import ModelConfig
+from bitscale.nn._llama import Llama
+from bitscale.nn._policy import Policy, resolve_policy
 from bitscale.nn.safetensors_io import SafetensorsFile, save_file
 
 _IGNORED = re.compile(r".*rotary_emb\.inv_freq$")

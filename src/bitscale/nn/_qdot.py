@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from bitscale.numerics import fake_quant
-from bitscale.nn.policy import Rule
+from bitscale.nn._policy import Rule
 
 DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
                          tuple[tuple[int, ...], tuple[int, ...]]]

@@ -27,12 +27,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bitscale.numerics import fake_quant
-from bitscale.nn.config import ModelConfig
-from bitscale.nn.layers import Linear, key_path
-from bitscale.nn.policy import Policy
-from bitscale.nn.qdot import qdot
-from bitscale.nn.rope import apply_rope
-from bitscale.nn.sharding import constrain
+from bitscale.nn._config import ModelConfig
+from bitscale.nn._layers import Linear, key_path
+from bitscale.nn._policy import Policy
+from bitscale.nn._qdot import qdot
+from bitscale.nn._rope import apply_rope
+from bitscale.nn._sharding import constrain
 
 MASK_VALUE = -1e30
 

@@ -21,9 +21,9 @@ from flax import nnx
 
 from bitscale.numerics import QArray, quantize
 from bitscale.numerics.validate import check_implementation
-from bitscale.nn.layers import Embed, Linear, PackedWeight
-from bitscale.nn.llama import Llama, with_policy
-from bitscale.nn.policy import Policy, resolve_policy
+from bitscale.nn._layers import Embed, Linear, PackedWeight
+from bitscale.nn._llama import Llama, with_policy
+from bitscale.nn._policy import Policy, resolve_policy
 
 
 def quantize_weights(model: Llama, policy: "str | Policy" = "int4@g128", *,

@@ -7,7 +7,7 @@ original activation. A `Policy` is an ordered tuple of rules (first full match w
 storage dtype of the weights and the dtype of the residual stream. Policies are plain frozen
 data: a config file can define new ones without touching model code.
 
-Module paths of the Llama model (`bitscale.nn.llama.module_paths`)::
+Module paths of the Llama model (`bitscale.nn._llama.module_paths`)::
 
     layers.<i>.attn.{q_proj,k_proj,v_proj,o_proj}   projections (x @ W^T, W: [out, in])
     layers.<i>.attn.qk / layers.<i>.attn.pv         attention products (lhs = q / probs,
@@ -110,7 +110,7 @@ class Rule:
       fwd_rounding: rounding of the forward operands (``nearest`` or ``stochastic``).
       grad_rounding: rounding of dY, dX and dW quantization. Stochastic rounding draws its bits
         from the key passed to the model call (``model(tokens, key=...)``), folded with the module
-        path; without a key it falls back to nearest rounding (see `bitscale.nn.qdot`).
+        path; without a key it falls back to nearest rounding (see `bitscale.nn._qdot`).
       reduction: None (the product is one `lax.dot_general`, accumulated as the backend
         chooses), or a `DotReduction`: ``dot_general(lhs, rhs, dimension_numbers)`` returning
         the product (any float dtype; cast to float32) that replaces it, e.g. an

@@ -77,7 +77,7 @@ class ModelConfig:
         seen) on the layers whose ``layer_types`` entry is ``sliding_attention``; None: full.
       layer_types: per-layer ``full_attention`` / ``sliding_attention``; None means every layer
         slides when ``sliding_window`` is set (Mistral).
-      logical_axis_rules: logical axis -> mesh axes (`bitscale.nn.sharding`).
+      logical_axis_rules: logical axis -> mesh axes (`bitscale.nn._sharding`).
       scan_layers: run the decoder layers with `jax.lax.scan` (one compiled layer body; the
         per-layer weights are stacked inside the step) instead of a Python loop (whose compile
         time grows with depth). None: scan from 4 layers on. Scanning needs every layer to have
