@@ -19,7 +19,7 @@ from bitscale import data as bdata
 from bitscale import nn as bnn
 from bitscale.config_file import load_module
 from bitscale import train as T
-from bitscale.train import loop
+from bitscale.train import train
 from bitscale.train._step import BATCH_FIELDS
 from bitscale.train.metrics import read_metrics
 
@@ -92,7 +92,7 @@ def test_short_dco_run_with_masked_thought_learns(tmp_path):
     cfg.train.steps = 12
     cfg.train.log_every = 1
     cfg.train.checkpoint_every = 100
-    out = loop.train(cfg, str(tmp_path))
+    out = train(cfg, str(tmp_path))
     assert out["step"] == 12 and np.isfinite(out["metrics"]["loss"])
     rows = [r["loss"] for r in read_metrics(str(tmp_path / "metrics.jsonl"))]
     assert rows[-1] < rows[0]
@@ -122,7 +122,7 @@ def test_countdown_trains_in_the_loop(tmp_path):
         cfg.data.max_prompt_len = 112
         cfg.data.max_len = 192
     cfg.train.steps = 2
-    out = loop.train(cfg, str(tmp_path))
+    out = train(cfg, str(tmp_path))
     assert out["step"] == 2 and np.isfinite(out["metrics"]["loss"])
 
 
@@ -136,7 +136,7 @@ def test_bad_loss_and_task_settings(tmp_path):
     cfg = tiny_config()
     cfg.data.task = "sudoku"
     with pytest.raises(ValueError, match=r"data.task must be one of .*'sudoku'"):
-        loop.train(cfg, str(tmp_path))
+        train(cfg, str(tmp_path))
 
 
 def test_mesh_from_config():
@@ -151,7 +151,7 @@ def test_mesh_from_config():
 def test_restore_model_from_a_run(tmp_path):
     cfg = tiny_config()
     cfg.train.steps = 2
-    out = loop.train(cfg, str(tmp_path))
+    out = train(cfg, str(tmp_path))
     model, step = T.restore_model(str(tmp_path), cfg.model)
     assert step == 2
     for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
@@ -174,7 +174,7 @@ def test_config_selects_a_policy_registered_by_the_config_file(tmp_path):
     cfg = tiny_config()  # configs/tiny.py registers W4A4_MLP_FP8_ATTN at import
     cfg.policy = "w4a4_mlp_fp8_attn"
     cfg.train.steps = 2
-    out = loop.train(cfg, str(tmp_path))
+    out = train(cfg, str(tmp_path))
     assert np.isfinite(out["metrics"]["loss"])
     model, _ = T.restore_model(str(tmp_path), cfg.model)
     assert model.policy.name == "w4a4_mlp_fp8_attn"
