@@ -269,6 +269,13 @@ def round_fixed(x: jax.Array, qexp: int | jax.Array, rand: jax.Array | None,
     return jnp.where(sign != 0, -q, q)
 
 
+def round_half_even_i32(v: jax.Array) -> jax.Array:
+    """``jnp.round(v)`` (nearest, ties to even) as int32, saturated to +-2^22; NaN gives 0 (what
+    XLA's float -> int conversion gives). On the bits: Triton has no lowering for ``round``."""
+    q = round_fixed(jnp.clip(v, -2.0**22, 2.0**22), 0, None)
+    return jnp.where(jnp.isnan(v), 0, q)
+
+
 def keep_nan(y: jax.Array, x: jax.Array) -> jax.Array:
     """``y`` with NaN wherever ``x`` is NaN (integer grids have no NaN code and a single +0)."""
     return jnp.where(jnp.isnan(x), jnp.float32(jnp.nan), y)

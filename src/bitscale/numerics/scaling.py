@@ -17,6 +17,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
@@ -103,7 +104,11 @@ def grouping(shape: tuple[int, ...], spec: QuantSpec, axis: int) -> Grouping:
 
 def amax_bits(xg: jax.Array) -> jax.Array:
     """max |x| per group as float32 bits (exact on subnormals; NaN bits > Inf bits)."""
-    return jnp.max(B.to_bits(xg) & U32(B.ABS_MASK), axis=-1, keepdims=True)
+    # The sign bit is masked off, so the int32 order is the uint32 order; Mosaic TPU has no
+    # reductions over unsigned integers.
+    m = jnp.max(lax.bitcast_convert_type(B.to_bits(xg) & U32(B.ABS_MASK), jnp.int32), axis=-1,
+                keepdims=True)
+    return lax.bitcast_convert_type(m, jnp.uint32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +208,9 @@ def float_scales(xg: jax.Array, amax: jax.Array, spec: QuantSpec,
         lo, hi = lo_hi
         scale = ieee.div(ieee.sub(hi, lo), float(asym_qmax(fmt)))
         scale = cast_scale(ieee.maximum(scale, F32_SMALLEST_NORMAL), spec)
-        zp = jnp.clip(-jnp.round(ieee.div(lo, scale)), 0, asym_qmax(fmt))
+        # Rounded on the bits (no ``round``: Triton cannot lower it); clamping the rounded value
+        # to [0, qmax] makes its saturation at +-2^22 exact.
+        zp = jnp.clip(-E.round_half_even_i32(ieee.div(lo, scale)), 0, asym_qmax(fmt))
         zp = jnp.where(jnp.isnan(scale), 0, zp)  # NaN groups: a defined zero point
         return FloatScales(ieee.div(1.0, scale), scale, zp.astype(I32))
     ratio = ieee.div(amax, elem_range(spec))
