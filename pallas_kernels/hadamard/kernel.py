@@ -4,6 +4,12 @@ A tile ``[block_other, block_axis]`` of the ``[rows, A]`` view (rotation axis la
 Hadamard blocks and multiplied by M = H diag(s) (or its transpose) exactly as the jnp reference
 `bitscale.hadamard_transform` does, then optionally fake-quantized in the same pass with the
 numerics core (stochastic bits from the flat index, as `bitscale.fake_quant` draws them).
+
+The product is one 2-D ``dot`` of the tile's Hadamard blocks as rows, ``[rows * A / h, h]``,
+with M contracted on its second axis (Triton lowers only 2-D dots, with every extent >= 16: the
+launch gives ``block_other * block_axis / h >= 16``). `hadamard_pallas` is jitted with the
+launch (`pallas_kernels.quantize.config.Launch`: tiles, ``num_warps``, ``num_stages``,
+platform) static, and passes `pallas_kernels.common.compiler_params`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from bitscale.numerics import bits as B
-from pallas_kernels.common import portable_body
+from pallas_kernels.common import compiler_params, portable_body
+from pallas_kernels.quantize.config import Launch
 from pallas_kernels.quantize.kernel import quantize_tile
 
 U32 = B.U32
@@ -28,8 +35,10 @@ def _kernel(*refs, hblock, a_len, tile, spec, stochastic):
     (o_ref,) = tuple(it)
     x = x_ref[...].astype(jnp.float32)
     rows, n = x.shape
-    blocks = x.reshape(rows, n // hblock, hblock)
-    y = jnp.einsum("...j,ij->...i", blocks, m_ref[...], precision=jax.lax.Precision.HIGHEST)
+    blocks = x.reshape(rows * (n // hblock), hblock)
+    y = jax.lax.dot_general(blocks, m_ref[...], (((1,), (1,)), ((), ())),
+                            precision=jax.lax.Precision.HIGHEST,
+                            preferred_element_type=jnp.float32)
     y = y.reshape(rows, n)
     if spec is not None:
         i, j = pl.program_id(0), pl.program_id(1)
@@ -42,10 +51,14 @@ def _kernel(*refs, hblock, a_len, tile, spec, stochastic):
     o_ref[...] = y.astype(o_ref.dtype)
 
 
-def hadamard_pallas(x2d: jax.Array, m: jax.Array, hblock: int, spec, rounding_key,
-                    tile: tuple[int, int], out_dtype, interpret: bool) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("hblock", "spec", "launch", "out_dtype",
+                                             "interpret"))
+def hadamard_pallas(x2d: jax.Array, m: jax.Array, rounding_key, *, hblock: int, spec,
+                    launch: Launch, out_dtype, interpret: bool) -> jax.Array:
     """Rotates (and optionally fake-quantizes) a [rows, A] array along its last axis."""
     rows, a_len = x2d.shape
+    tile = (launch.block_other, launch.block_axis)
+    platform = launch.platform
     grid = (pl.cdiv(rows, tile[0]), pl.cdiv(a_len, tile[1]))
     inputs = [x2d, m]
     in_specs = [pl.BlockSpec(tile, lambda i, j: (i, j)),
@@ -56,6 +69,9 @@ def hadamard_pallas(x2d: jax.Array, m: jax.Array, hblock: int, spec, rounding_ke
         in_specs.append(pl.BlockSpec((1, 2), lambda i, j: (0, 0)))
     kernel = functools.partial(_kernel, hblock=hblock, a_len=a_len, tile=tile, spec=spec,
                                stochastic=rounding_key is not None)
-    return pl.pallas_call(portable_body(kernel), out_shape=jax.ShapeDtypeStruct(x2d.shape, out_dtype),
+    params = compiler_params(platform, num_warps=launch.num_warps, num_stages=launch.num_stages,
+                             dimension_semantics=("parallel", "parallel"))
+    return pl.pallas_call(portable_body(kernel),
+                          out_shape=jax.ShapeDtypeStruct(x2d.shape, out_dtype),
                           grid=grid, in_specs=in_specs, out_specs=in_specs[0],
-                          interpret=interpret)(*inputs)
+                          interpret=interpret, compiler_params=params)(*inputs)

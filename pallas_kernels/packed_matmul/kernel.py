@@ -1,9 +1,14 @@
 """Pallas kernel: ``x @ dequantize(w)`` reading packed 4-/8-bit codes and their scales per tile.
 
-Each grid step (i, j, k) loads an x tile [block_m, block_k], the packed code tile
-[block_k, block_n * bits / 8] (uint8; 4-bit codes are ``c0 | c1 << 4`` along N) and the scale tile
-[block_k / group, block_n], unpacks and decodes the codes in-kernel and accumulates into the float32
-output tile, which stays resident across the K axis (initialized at k == 0).
+The grid is (M / block_m, N / block_n) and every program computes one whole output tile: it loops
+over K in steps of block_k (a ``fori_loop``, which Triton software-pipelines ``num_stages`` deep),
+loading per step an x slice [block_m, block_k], the packed code slice
+[block_k, block_n * bits / 8] (uint8; 4-bit codes are ``c0 | c1 << 4`` along N) and the scale rows
+of its groups, unpacks and decodes the codes in-kernel, accumulates in float32 registers and writes
+the tile once. There is deliberately no K grid axis: an output block revisited across grid steps
+(accumulated in place, initialized at k == 0) is only correct where the grid runs sequentially
+(the interpreter, TPU "arbitrary" axes); Triton runs every grid point as an independent parallel
+program on uninitialized global output memory, which is what made the first GPU run wrong.
 
 Two ways to apply the scales, both equal to ``x @ dequantize(w)`` up to float32 accumulation
 order:
@@ -41,7 +46,7 @@ from bitscale.numerics import scaling as S
 from bitscale.numerics.formats import FloatFormat, IntFormat
 from bitscale.numerics.specs import QuantSpec, Spec
 
-from pallas_kernels.common import portable_body
+from pallas_kernels.common import compiler_params, portable_body
 from pallas_kernels.packed_matmul.config import PackedMatmulConfig
 
 U32, I32 = B.U32, B.I32
@@ -157,78 +162,119 @@ def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.dot(a, b, preferred_element_type=jnp.float32, precision=precision)
 
 
-def _kernel(*refs, plan: Plan, block_k: int):
+def _kernel(*refs, plan: Plan, block_k: int, k_steps: int):
+    """One program: the output tile [block_m, block_n] (or its partial) from its K slice.
+
+    The K loop runs inside the program (a ``fori_loop`` over ``k_steps`` slices of ``block_k``
+    rows, each split statically into its quantization groups) and the tile is written once: no
+    grid axis revisits an output block, so the programs are independent, as Triton (every grid
+    point a parallel program reading and writing global memory) and Mosaic TPU ("parallel"
+    grid axes) need.
+    """
     x_ref, c_ref, o_ref = refs[0], refs[1], refs[-1]
     extra = iter(refs[2:-1])
     s_ref = next(extra) if plan.scaled else None
     zp_ref = next(extra) if plan.asym else None
     ts_ref = next(extra) if plan.two_level else None
 
-    @pl.when(pl.program_id(2) == 0)
-    def _init():
-        o_ref[...] = jnp.zeros(o_ref.shape, jnp.float32)
-
     ts = ts_ref[...] if ts_ref is not None else None  # [1, 1]
     gs = plan.group
+    groups = block_k // gs  # scale rows per K step (blocked specs; 1 otherwise)
 
-    def group_product(g, acc):
-        rows = pl.ds(pl.multiple_of(g * gs, gs), gs)
-        xs = x_ref[:, rows].astype(plan.x_dtype)
-        codes = unpack_tile(c_ref[rows, :], plan.bits)
-        # One scale row per group: block specs index it by g, channel/tensor have a single row.
-        srow = pl.ds(g if plan.blocked else 0, 1)
-        sc = s_ref[srow, :] if s_ref is not None else None
-        zp = zp_ref[srow, :] if zp_ref is not None else None
-        if plan.per_group:
-            fmt = plan.spec.elem if plan.scaled else plan.spec
-            elem = element_values(codes, fmt, zp).astype(plan.w_dtype)
-            part = _dot(xs, elem)
-            if plan.scaled:
-                part = part * decode_scales(sc, plan.spec, ts)
-        else:
-            w = dequantize_tile(codes, plan.spec, sc, zp, ts)
-            w = w.astype(plan.w_round).astype(plan.w_dtype)
-            part = _dot(xs, w)
-        return acc + part
+    def k_step(t, acc):
+        base = t * block_k
+        for g in range(groups):  # static: every slice below is a fixed offset from `base`
+            row0 = pl.multiple_of(base + g * gs, gs)
+            xs = x_ref[:, pl.ds(row0, gs)].astype(plan.x_dtype)
+            codes = unpack_tile(c_ref[pl.ds(row0, gs), :], plan.bits)
+            # One scale row per group: block specs index it by group, channel/tensor have one.
+            srow = pl.ds(t * groups + g, 1) if plan.blocked else pl.ds(0, 1)
+            sc = s_ref[srow, :] if s_ref is not None else None
+            zp = zp_ref[srow, :] if zp_ref is not None else None
+            if plan.per_group:
+                fmt = plan.spec.elem if plan.scaled else plan.spec
+                elem = element_values(codes, fmt, zp).astype(plan.w_dtype)
+                part = _dot(xs, elem)
+                if plan.scaled:
+                    part = part * decode_scales(sc, plan.spec, ts)
+            else:
+                w = dequantize_tile(codes, plan.spec, sc, zp, ts)
+                w = w.astype(plan.w_round).astype(plan.w_dtype)
+                part = _dot(xs, w)
+            acc = acc + part
+        return acc
 
-    acc = lax.fori_loop(0, block_k // gs, group_product, jnp.zeros(o_ref.shape, jnp.float32))
-    o_ref[...] += acc
+    acc = lax.fori_loop(0, k_steps, k_step, jnp.zeros(o_ref.shape, jnp.float32))
+    o_ref[...] = acc
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "config", "interpret"))
+def _interpret_and_params(interpret: Any, platform: str | None, config: PackedMatmulConfig):
+    """``pallas_call``'s (interpret, compiler_params). ``interpret`` may be a
+    ``pltpu.InterpretParams``: the TPU interpret mode then runs the grid with every axis
+    declared "parallel" (randomized order with ``random_seed``, NaN-filled fresh buffers), which
+    checks that the programs are independent, as on a GPU."""
+    dims = ("parallel", "parallel", "parallel")
+    if interpret is not None and not isinstance(interpret, bool):
+        from jax.experimental.pallas import tpu as pltpu
+
+        return interpret, pltpu.CompilerParams(dimension_semantics=dims)
+    params = compiler_params(platform, num_warps=config.num_warps, num_stages=config.num_stages,
+                             dimension_semantics=dims)
+    return bool(interpret), params
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "config", "interpret", "platform"))
 def packed_matmul_kernel(x: jax.Array, codes: jax.Array, scales: jax.Array | None,
                          zero_point: jax.Array | None, tensor_scale: jax.Array | None, *,
-                         plan: Plan, config: PackedMatmulConfig, interpret: bool) -> jax.Array:
+                         plan: Plan, config: PackedMatmulConfig, interpret: Any = False,
+                         platform: str | None = None) -> jax.Array:
     """Runs the kernel on x [M, K] (M a multiple of block_m) and the prepared weight arrays.
 
     ``scales`` / ``zero_point`` are [groups, N] (one row for channel and tensor granularity),
-    ``tensor_scale`` is [1, 1]; each is None when the spec has none. Returns float32 [M, N].
+    ``tensor_scale`` is [1, 1]; each is None when the spec has none. ``platform`` (static) is
+    `pallas_kernels.common.kernel_platform`'s: None in the interpreter, else the lowering
+    target. Returns float32 [M, N].
+
+    The grid is (M / block_m, N / block_n, split_k); program (i, j, s) reads the x rows
+    [block_m, K / split_k], the code columns [K / split_k, block_n * bits / 8] and the scale
+    rows of its K slice, loops over the slice itself and writes output block (i, j) (split_k = 1)
+    or partial block (s, i, j) of a [split_k, M, N] float32 array that is then summed: every
+    output block has exactly one writer.
     """
     m, k = x.shape
     n = codes.shape[1] * (8 // plan.bits)
-    bm, bn, bk = config.block_m, config.block_n, config.block_k
+    bm, bn, bk, split = config.block_m, config.block_n, config.block_k, config.split_k
+    kslice = k // split
     per_byte = 8 // plan.bits
     inputs = [x, codes]
-    in_specs = [pl.BlockSpec((bm, bk), lambda i, j, kk: (i, kk)),
-                pl.BlockSpec((bk, bn // per_byte), lambda i, j, kk: (kk, j))]
-    rows = bk // plan.group if plan.blocked else 1
+    in_specs = [pl.BlockSpec((bm, kslice), lambda i, j, s: (i, s)),
+                pl.BlockSpec((kslice, bn // per_byte), lambda i, j, s: (s, j))]
     for arr in (scales, zero_point):
         if arr is None:
             continue
         inputs.append(arr)
         if plan.blocked:
-            in_specs.append(pl.BlockSpec((rows, bn), lambda i, j, kk: (kk, j)))
+            in_specs.append(pl.BlockSpec((arr.shape[0] // split, bn), lambda i, j, s: (s, j)))
         else:
-            in_specs.append(pl.BlockSpec((1, bn), lambda i, j, kk: (0, j)))
+            in_specs.append(pl.BlockSpec((arr.shape[0], bn), lambda i, j, s: (0, j)))
     if tensor_scale is not None:
         inputs.append(tensor_scale)
-        in_specs.append(pl.BlockSpec((1, 1), lambda i, j, kk: (0, 0)))
-    return pl.pallas_call(
-        portable_body(functools.partial(_kernel, plan=plan, block_k=bk)),
-        out_shape=jax.ShapeDtypeStruct((m, n), jnp.float32),
-        grid=(m // bm, n // bn, k // bk),
+        in_specs.append(pl.BlockSpec((1, 1), lambda i, j, s: (0, 0)))
+    if split == 1:
+        out_shape = jax.ShapeDtypeStruct((m, n), jnp.float32)
+        out_spec = pl.BlockSpec((bm, bn), lambda i, j, s: (i, j))
+    else:
+        out_shape = jax.ShapeDtypeStruct((split, m, n), jnp.float32)
+        out_spec = pl.BlockSpec((None, bm, bn), lambda i, j, s: (s, i, j))
+    interpret, params = _interpret_and_params(interpret, platform, config)
+    y = pl.pallas_call(
+        portable_body(functools.partial(_kernel, plan=plan, block_k=bk, k_steps=kslice // bk)),
+        out_shape=out_shape,
+        grid=(m // bm, n // bn, split),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((bm, bn), lambda i, j, kk: (i, j)),
+        out_specs=out_spec,
         interpret=interpret,
+        compiler_params=params,
         name="packed_matmul",
     )(*inputs)
+    return y if split == 1 else jnp.sum(y, axis=0)

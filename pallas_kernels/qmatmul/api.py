@@ -16,7 +16,17 @@ forward fake-quantizes x and w per tile, ``dx`` fake-quantizes g (blocks along N
 key words are saved for the backward pass. In-kernel specs: element casts (``fp8_e4m3``, ...)
 and block specs along the contraction axis (``mxfp4``, ``mxfp8_e4m3``, ``nvfp4_single``,
 ``nvfp4``, ``int8@g32``, ``int4@g32``, ...); channel / tensor granularity needs the whole axis and
-runs only on the XLA path.
+runs only on the XLA path, as does the MSE clip search (``+mse``) (`kernel_support` gives the
+reason): ``implementation="auto"`` falls back to XLA for them,
+``"pallas"`` raises a ValueError with the reason.
+
+Lowering: the platform a call lowers for (`common.kernel_platform`: "cuda" / "rocm" for Triton,
+"tpu" for Mosaic TPU, None in the interpreter) is a static part of the custom_vjp's data and of
+the kernel's jit, so a trace for one platform is never reused for another. It picks the compiler
+parameters (Triton ``num_warps`` / ``num_stages`` from the config; TPU dimension semantics), the
+contraction scheme (`kernel`) and the default tiles (`config.default_config`: GPU tiles fitted to
+shared memory, TPU tiles that are multiples of 128 or whole dimensions; `product_configs` lists
+the three products' configs).
 
 References:
   Castro et al., "Quartet: Native FP4 Training Can Be Optimal for Large Language Models",
@@ -40,7 +50,7 @@ from bitscale.numerics import scaling as S
 from bitscale.numerics.formats import BinaryFormat, TernaryFormat
 from bitscale.numerics.specs import QuantSpec, Spec
 
-from pallas_kernels.common import use_pallas
+from pallas_kernels.common import kernel_platform, use_pallas
 from pallas_kernels.qmatmul import config as C
 from pallas_kernels.qmatmul.kernel import (
     OperandQuant, Product, qmatmul_kernel, tensor_amax)
@@ -57,6 +67,7 @@ class _Static:
     stochastic: bool
     config: C.QMatmulConfig | None
     interpret: bool
+    platform: str | None  # `common.kernel_platform`: None in the interpreter
 
 
 def _resolve(spec: Any) -> Spec | None:
@@ -73,15 +84,28 @@ def _check_operand(a: Any, name: str) -> jax.Array:
     return a
 
 
-def _check_kernel_spec(spec: Spec | None, role: str) -> None:
-    """The kernel fake-quantizes per tile: element casts and block specs only."""
+def kernel_support(spec: Spec | None, role: str, platform: str | None) -> str | None:
+    """Why the kernel cannot fake-quantize ``spec`` when lowered for ``platform`` (None: it can).
+
+    The kernel fake-quantizes per tile: element casts and block specs with power-of-two blocks,
+    without the MSE clip search. Everything else lowers for Triton and Mosaic TPU.
+    """
     if not isinstance(spec, QuantSpec):
-        return
+        return None
     if isinstance(spec.elem, (TernaryFormat, BinaryFormat)) or spec.granularity != "block":
-        raise ValueError(
-            f"qmatmul's Pallas kernel fake-quantizes per tile, so {role} spec {spec.name!r} "
-            f"({spec.granularity} granularity) is not supported: it needs the whole axis; use a "
-            "block spec (e.g. 'int8@g32', 'mxfp4') or implementation='xla'")
+        return (f"qmatmul's Pallas kernel fake-quantizes per tile, so {role} spec {spec.name!r} "
+                f"({spec.granularity} granularity) is not supported: it needs the whole axis; "
+                "use a block spec (e.g. 'int8@g32', 'mxfp4') or implementation='xla'")
+    if spec.clip == "mse":
+        return (f"{role} spec {spec.name!r}: the MSE clip search (+mse) is not supported by "
+                "qmatmul's Pallas kernel (its candidate clips are an array constant a kernel body "
+                "cannot capture, scanned with lax.scan, which Triton does not lower); use "
+                "implementation='xla'")
+    if not C.is_power_of_two(spec.block_size):
+        return (f"{role} spec {spec.name!r}: quantization block size {spec.block_size} is not a "
+                "power of two; the Pallas kernel's tiles are powers of two (use "
+                "implementation='xla')")
+    return None
 
 
 def _amax(a: jax.Array, spec: Spec | None, axis: int) -> jax.Array:
@@ -94,12 +118,13 @@ def _pad_to(a: jax.Array, rows: int, cols: int) -> jax.Array:
     return jnp.pad(a, ((0, -a.shape[0] % rows), (0, -a.shape[1] % cols)))
 
 
-def _product(a: jax.Array, b: jax.Array, qa: OperandQuant, qb: OperandQuant, a_t: bool,
-             b_t: bool, key_words: jax.Array, amax: jax.Array,
-             config: C.QMatmulConfig | None, interpret: bool, names: tuple[str, str]) -> jax.Array:
-    """float32 A @ B through the kernel: checks tile multiples, pads, runs, slices."""
-    m, k = (a.shape[1], a.shape[0]) if a_t else a.shape
-    n = b.shape[0] if b_t else b.shape[1]
+def _plan(a_shape, b_shape, a_dtype, b_dtype, qa: OperandQuant, qb: OperandQuant, a_t: bool,
+          b_t: bool, config: C.QMatmulConfig | None, platform: str | None,
+          names: tuple[str, str]) -> tuple[C.QMatmulConfig, tuple[int, int, int]]:
+    """The config of one product (given, or `config.default_config` for its shape, operand
+    dtypes and platform) after its checks, and the product's (m, n, k)."""
+    m, k = (a_shape[1], a_shape[0]) if a_t else a_shape
+    n = b_shape[0] if b_t else b_shape[1]
     # Logical tile axis ('m', 'n' or 'k') holding each operand's quantization blocks.
     a_axes = ("k", "m") if a_t else ("m", "k")
     b_axes = ("n", "k") if b_t else ("k", "n")
@@ -111,25 +136,57 @@ def _product(a: jax.Array, b: jax.Array, qa: OperandQuant, qb: OperandQuant, a_t
             mult[ax] = max(mult[ax], q.block)
             roles.setdefault(ax, []).append((q.block, f"{role} spec {q.spec.name!r}"))
     if config is None:
-        config = C.default_config(m, n, k, mult_m=mult["m"], mult_n=mult["n"], mult_k=mult["k"])
+        config = C.default_config(m, n, k, mult_m=mult["m"], mult_n=mult["n"], mult_k=mult["k"],
+                                  platform=platform, a_itemsize=jnp.dtype(a_dtype).itemsize,
+                                  b_itemsize=jnp.dtype(b_dtype).itemsize)
     if not isinstance(config, C.QMatmulConfig):
         raise TypeError(f"config must be a QMatmulConfig, got {type(config).__name__}")
     for ax, items in roles.items():
         for block, what in items:
             C.check_multiple(config, f"block_{ax}", block, what)
+    if platform == "tpu":
+        what = names[0].split(":")[0] if ":" in names[0] else "y = xq @ wq"
+        C.check_tpu_blocks(config, {"m": m, "n": n, "k": k}, what)
+    return config, (m, n, k)
+
+
+def _product(a: jax.Array, b: jax.Array, qa: OperandQuant, qb: OperandQuant, a_t: bool,
+             b_t: bool, names: tuple[str, str], key_words: jax.Array, amax: jax.Array,
+             st: _Static) -> jax.Array:
+    """float32 A @ B through the kernel: checks tile multiples (and, for a TPU, Mosaic's tile
+    rules), pads, runs, slices. A given config's GPU shared memory is not checked: the estimate
+    (`QMatmulConfig.smem_bytes`) is an upper bound, and Triton names the real need."""
+    config, (m, n, _) = _plan(a.shape, b.shape, a.dtype, b.dtype, qa, qb, a_t, b_t, st.config,
+                              st.platform, names)
     blocks = {"m": config.block_m, "n": config.block_n, "k": config.block_k}
+    a_axes = ("k", "m") if a_t else ("m", "k")
+    b_axes = ("n", "k") if b_t else ("k", "n")
     a_p = _pad_to(a, blocks[a_axes[0]], blocks[a_axes[1]])
     b_p = _pad_to(b, blocks[b_axes[0]], blocks[b_axes[1]])
     prod = Product(qa, qb, a_t, b_t, a.shape[1], b.shape[1])
-    y = qmatmul_kernel(a_p, b_p, key_words, amax, prod=prod, config=config, interpret=interpret)
+    y = qmatmul_kernel(a_p, b_p, key_words, amax, prod=prod, config=config, platform=st.platform,
+                       interpret=st.interpret)
     return y[:m, :n]
+
+
+def _products(st: _Static) -> dict[str, tuple]:
+    """(a's quantization, b's, a transposed, b transposed, role names) of the three products:
+    y = xq @ wq; dx = q_g(g) @ wq^T (w stored [K, N], blocks along its axis 0); dw = xq^T @ q_g(g)
+    (x stored [M, K], blocks along axis 1; g blocks along axis 0)."""
+    gs, sr = st.grad_spec, st.stochastic
+    return {
+        "y": (OperandQuant(st.x_spec, 1), OperandQuant(st.w_spec, 0), False, False,
+              ("x_spec", "w_spec")),
+        "dx": (OperandQuant(gs, 1, sr), OperandQuant(st.w_spec, 0), False, True,
+               ("dx = q_g(g) @ wq^T: grad_spec", "dx = q_g(g) @ wq^T: w_spec")),
+        "dw": (OperandQuant(st.x_spec, 1), OperandQuant(gs, 0, sr), True, False,
+               ("dw = xq^T @ q_g(g): x_spec", "dw = xq^T @ q_g(g): grad_spec")),
+    }
 
 
 def _forward(x, w, st: _Static) -> jax.Array:
     amax = jnp.stack([_amax(x, st.x_spec, 1), _amax(w, st.w_spec, 0)])
-    return _product(x, w, OperandQuant(st.x_spec, 1), OperandQuant(st.w_spec, 0), False, False,
-                    jnp.zeros((4,), jnp.uint32), amax, st.config, st.interpret,
-                    ("x_spec", "w_spec"))
+    return _product(x, w, *_products(st)["y"], jnp.zeros((4,), jnp.uint32), amax, st)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -143,20 +200,37 @@ def _qmatmul_pallas_fwd(x, w, key_words, st: _Static):
 
 def _qmatmul_pallas_bwd(st: _Static, res, g):
     x, w, kw = res
-    gs, sr = st.grad_spec, st.stochastic
-    g_amax_dx, g_amax_dw = _amax(g, gs, 1), _amax(g, gs, 0)
+    gs = st.grad_spec
+    prods = _products(st)
     zeros2 = jnp.zeros((2,), jnp.uint32)
-    # dx [M, K] = q_g(g) [M, N] @ wq^T: w stored [K, N], its blocks along stored axis 0.
-    dx = _product(g, w, OperandQuant(gs, 1, sr), OperandQuant(st.w_spec, 0), False, True,
-                  jnp.concatenate([kw[:2], zeros2]),
-                  jnp.stack([g_amax_dx, _amax(w, st.w_spec, 0)]), st.config, st.interpret,
-                  ("dx = q_g(g) @ wq^T: grad_spec", "dx = q_g(g) @ wq^T: w_spec"))
-    # dw [K, N] = xq^T @ q_g(g): x stored [M, K] (blocks along axis 1), g blocks along axis 0.
-    dw = _product(x, g, OperandQuant(st.x_spec, 1), OperandQuant(gs, 0, sr), True, False,
-                  jnp.concatenate([zeros2, kw[2:]]),
-                  jnp.stack([_amax(x, st.x_spec, 1), g_amax_dw]), st.config, st.interpret,
-                  ("dw = xq^T @ q_g(g): x_spec", "dw = xq^T @ q_g(g): grad_spec"))
+    dx = _product(g, w, *prods["dx"], jnp.concatenate([kw[:2], zeros2]),
+                  jnp.stack([_amax(g, gs, 1), _amax(w, st.w_spec, 0)]), st)
+    dw = _product(x, g, *prods["dw"], jnp.concatenate([zeros2, kw[2:]]),
+                  jnp.stack([_amax(x, st.x_spec, 1), _amax(g, gs, 0)]), st)
     return dx.astype(x.dtype), dw.astype(w.dtype), None
+
+
+def product_configs(m: int, k: int, n: int, *, x_spec: "str | Spec | None",
+                    w_spec: "str | Spec | None", grad_spec: "str | Spec | None" = None,
+                    x_dtype=jnp.float32, w_dtype=jnp.float32, platform: str | None = None,
+                    config: C.QMatmulConfig | None = None,
+                    stochastic: bool = False) -> dict[str, tuple[C.QMatmulConfig, int, int]]:
+    """The config each product of ``qmatmul(x [m, k], w [k, n])`` runs with when lowered for
+    ``platform`` ("cuda" / "rocm" / "tpu"; None: the interpreter), with the item sizes of its
+    stored operands: ``{"y" | "dx" | "dw": (config, a_itemsize, b_itemsize)}`` (the output
+    gradient is float32). For sizing, e.g. ``cfg.smem_bytes(a_itemsize, b_itemsize)``."""
+    st = _Static(_resolve(x_spec), _resolve(w_spec), _resolve(grad_spec), stochastic, config,
+                 platform is None, platform)
+    shapes = {"y": ((m, k), (k, n), x_dtype, w_dtype),
+              "dx": ((m, n), (k, n), jnp.float32, w_dtype),
+              "dw": ((m, k), (m, n), x_dtype, jnp.float32)}
+    out = {}
+    for name, (qa, qb, a_t, b_t, names) in _products(st).items():
+        a_shape, b_shape, a_dtype, b_dtype = shapes[name]
+        cfg, _ = _plan(a_shape, b_shape, a_dtype, b_dtype, qa, qb, a_t, b_t, config, platform,
+                       names)
+        out[name] = (cfg, jnp.dtype(a_dtype).itemsize, jnp.dtype(b_dtype).itemsize)
+    return out
 
 
 _qmatmul_pallas.defvjp(_qmatmul_pallas_fwd, _qmatmul_pallas_bwd)
@@ -179,8 +253,9 @@ def qmatmul(x: jax.Array, w: jax.Array, *, x_spec: "str | Spec | None",
       interpret: run the Pallas kernel in the interpreter (CPU tests).
       config: block sizes (block_m, block_n, block_k) of every product, mapped onto each
         product's (rows, columns, contraction): forward [M, N, K], dx [M, K, N], dw [K, N, M];
-        each tile must hold whole quantization blocks of the operands it fake-quantizes. None
-        picks `config.default_config` per product.
+        each tile must hold whole quantization blocks of the operands it fake-quantizes (and on
+        a TPU be a multiple of 128 or cover its dimension); ``num_warps`` / ``num_stages`` are
+        the GPU launch. None picks `config.default_config` per product, platform and dtypes.
 
     Returns:
       float32 [M, N]. Gradients come back in x's and w's dtypes.
@@ -200,8 +275,13 @@ def qmatmul(x: jax.Array, w: jax.Array, *, x_spec: "str | Spec | None",
         B.key_words(key)  # validates the key
     if not use_pallas(implementation, interpret, "qmatmul"):
         return qmatmul_reference(x, w, x_spec=xs, w_spec=ws, grad_spec=gs, key=key)
+    platform = kernel_platform(bool(interpret))
     for spec, role in ((xs, "x_spec"), (ws, "w_spec"), (gs, "grad_spec")):
-        _check_kernel_spec(spec, role)
+        reason = kernel_support(spec, role, platform)
+        if reason is not None:
+            if implementation == "auto":  # the kernel cannot: the XLA path
+                return qmatmul_reference(x, w, x_spec=xs, w_spec=ws, grad_spec=gs, key=key)
+            raise ValueError(reason)
     stochastic = key is not None and gs is not None
     if stochastic:
         k_dx, k_dw = grad_keys(key)
@@ -214,5 +294,5 @@ def qmatmul(x: jax.Array, w: jax.Array, *, x_spec: "str | Spec | None",
         for spec, what in ((xs, "x_spec"), (ws, "w_spec")):
             if isinstance(spec, QuantSpec):
                 C.check_multiple(config, "block_k", spec.block_size, f"{what} {spec.name!r}")
-    st = _Static(xs, ws, gs, stochastic, config, bool(interpret))
+    st = _Static(xs, ws, gs, stochastic, config, bool(interpret), platform)
     return _qmatmul_pallas(x, w, kw, st)

@@ -16,13 +16,15 @@ from bitscale.numerics import validate as V
 from bitscale.numerics.formats import BinaryFormat, TernaryFormat
 from bitscale.numerics.qarray import elem_bits
 from bitscale.numerics.specs import QuantSpec, resolve_spec
-from pallas_kernels.common import use_pallas
-from pallas_kernels.quantize.config import QuantizeConfig
-from pallas_kernels.quantize.kernel import quantize_pallas
+from pallas_kernels.common import kernel_platform, use_pallas
+from pallas_kernels.quantize.config import QuantizeConfig, launch_support
+from pallas_kernels.quantize.kernel import amax_bits, quantize_call
 
 
-def kernel_support(spec, shape: tuple[int, ...], axis: int) -> str | None:
-    """None if the kernel handles (spec, shape, axis), else the reason it does not."""
+def kernel_support(spec, shape: tuple[int, ...], axis: int,
+                   platform: str | None = None) -> str | None:
+    """None if the kernel handles (spec, shape, axis) on ``platform`` (None: the interpreter;
+    "cuda" / "rocm" / "tpu"), else the reason it does not."""
     if isinstance(spec, QuantSpec):
         if spec.granularity == "tensor":
             return f"spec {spec.name!r} has a per-tensor scale (a global reduction before the pass)"
@@ -37,7 +39,7 @@ def kernel_support(spec, shape: tuple[int, ...], axis: int) -> str | None:
     return None
 
 
-def _prepare(x, spec, axis, rounding, key, implementation, interpret, config, op):
+def _prepare(x, spec, axis, rounding, key, implementation, interpret, config, op, want_codes):
     spec = resolve_spec(spec)
     x = V.check_input(x)
     axis = V.check_axis(axis, x.ndim)
@@ -45,18 +47,21 @@ def _prepare(x, spec, axis, rounding, key, implementation, interpret, config, op
     if isinstance(spec, QuantSpec):
         S.grouping(x.shape, spec, axis)
     pallas = use_pallas(implementation, interpret, op)
-    reason = kernel_support(spec, x.shape, axis)
+    platform = kernel_platform(interpret)
+    reason = kernel_support(spec, x.shape, axis, platform)
+    launch = None
+    if pallas and not reason:
+        config = config or QuantizeConfig()
+        a_len = x.shape[axis] if x.shape else 1
+        launch = config.launch(spec, a_len, all(d == 1 for d in x.shape[axis + 1:]), x.dtype,
+                               want_codes, platform)
+        reason = launch_support(launch, spec, jnp.dtype(x.dtype).itemsize, want_codes)
     if pallas and reason:
         if implementation == "pallas":
             raise ValueError(f"{op}: no Pallas kernel for this case ({reason}); use "
                              "implementation='xla' or 'auto'")
         pallas = False
-    tiles = None
-    if pallas:
-        config = config or QuantizeConfig()
-        a_len = x.shape[axis] if x.shape else 1
-        tiles = config.resolve(spec, a_len, axis_last=all(d == 1 for d in x.shape[axis + 1:]))
-    return x, spec, axis, pallas, tiles
+    return x, spec, axis, pallas, launch
 
 
 def fake_quant(x: jax.Array, spec, *, axis: int = -1, rounding: str = "nearest",
@@ -66,23 +71,26 @@ def fake_quant(x: jax.Array, spec, *, axis: int = -1, rounding: str = "nearest",
 
     Bit-identical to ``bitscale.fake_quant(x, spec, axis=axis, rounding=rounding, key=key)``.
     """
-    x, spec, axis, pallas, tiles = _prepare(x, spec, axis, rounding, key, implementation,
-                                            interpret, config, "pallas_kernels.fake_quant")
+    x, spec, axis, pallas, launch = _prepare(x, spec, axis, rounding, key, implementation,
+                                             interpret, config, "pallas_kernels.fake_quant",
+                                             False)
     if not pallas:
         return bs.fake_quant(x, spec, axis=axis, rounding=rounding, key=key)
-    return _fq_ste(x, key, spec, axis, rounding, tiles, interpret)
+    return _fq_ste(x, key, spec, axis, rounding, launch)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _fq_ste(x, key, spec, axis, rounding, tiles, interpret):
-    return quantize_pallas(x, spec, axis, rounding, key, False, tiles[0], tiles[1], interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _fq_ste(x, key, spec, axis, rounding, launch):
+    return quantize_call(x, key if rounding == "stochastic" else None, spec=spec, axis=axis,
+                         rounding=rounding, want_codes=False, launch=launch,
+                         interpret=launch.platform is None)
 
 
-def _fq_ste_fwd(x, key, spec, axis, rounding, tiles, interpret):
-    return _fq_ste(x, key, spec, axis, rounding, tiles, interpret), None
+def _fq_ste_fwd(x, key, spec, axis, rounding, launch):
+    return _fq_ste(x, key, spec, axis, rounding, launch), None
 
 
-def _fq_ste_bwd(spec, axis, rounding, tiles, interpret, _, g):
+def _fq_ste_bwd(spec, axis, rounding, launch, _, g):
     return g, None
 
 
@@ -93,11 +101,13 @@ def quantize(x: jax.Array, spec, *, axis: int = -1, rounding: str = "nearest",
              key: jax.Array | None = None, implementation: str = "auto",
              interpret: bool = False, config: QuantizeConfig | None = None) -> bs.QArray:
     """`bitscale.quantize` through the fused Pallas kernel: one pass writes codes and scales."""
-    x, spec, axis, pallas, tiles = _prepare(x, spec, axis, rounding, key, implementation,
-                                            interpret, config, "pallas_kernels.quantize")
+    x, spec, axis, pallas, launch = _prepare(x, spec, axis, rounding, key, implementation,
+                                             interpret, config, "pallas_kernels.quantize", True)
     if not pallas:
         return bs.quantize(x, spec, axis=axis, rounding=rounding, key=key)
-    outs = quantize_pallas(x, spec, axis, rounding, key, True, tiles[0], tiles[1], interpret)
+    outs = quantize_call(x, key if rounding == "stochastic" else None, spec=spec, axis=axis,
+                         rounding=rounding, want_codes=True, launch=launch,
+                         interpret=launch.platform is None)
     shape = x.shape
     nbits = elem_bits(spec)
     a_len = shape[axis] if shape else 1
@@ -125,6 +135,6 @@ def quantize(x: jax.Array, spec, *, axis: int = -1, rounding: str = "nearest",
             scales = outs[1][:, :groups, :].reshape(gshape)
             zp = outs[2][:, :groups, :].reshape(gshape) if len(outs) > 2 else None
     if per_group and spec.tensor_scale:
-        amax = B.from_bits(jnp.max(B.to_bits(E.to_f32(x)) & B.U32(B.ABS_MASK)))
+        amax = B.from_bits(amax_bits(E.to_f32(x).reshape(1, -1))[0, 0])
         ts = S.tensor_scale(amax, spec)
     return bs.QArray(codes, scales, zp, ts, spec, tuple(shape), jnp.dtype(x.dtype), axis)

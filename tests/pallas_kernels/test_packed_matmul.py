@@ -5,6 +5,8 @@ Reference: float64 numpy ``x @ dequantize(w)``; the kernel's products are exact 
 float32, so |y - ref| <= rtol * (|x| @ |dequantize(w)|) with rtol ~ 1e-5.
 """
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,3 +158,98 @@ def test_input_errors():
     q6 = make("mxfp6_e3m2", k=64)
     with pytest.raises(ValueError, match="4 or 8 bits wide.*implementation='xla'"):
         packed_matmul(make_x(2, 64, jnp.float32), q6, implementation="pallas", interpret=True)
+
+
+# --- The GPU grid contract ---------------------------------------------------------------------
+# Triton runs every grid point as an independent parallel program on uninitialized global output
+# memory. The first kernel accumulated over a K grid axis into a revisited output block
+# (initialized at k == 0), which only the sequential interpreter runs right: on an H200 it
+# returned relative errors of 0.64-1.0. These tests fail for such a kernel on CPU.
+
+
+def _pallas_eqns(jaxpr):
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "pallas_call":
+            yield eqn
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                j = getattr(sub, "jaxpr", None)
+                if j is not None:
+                    yield from _pallas_eqns(j if hasattr(j, "eqns") else j.jaxpr)
+
+
+@pytest.mark.parametrize("platform", ("cuda", "tpu", None))
+@pytest.mark.parametrize("spec,k,n,m", [("int4@g32", 4096, 4096, 1), ("int8@channel", 4096, 4096, 128),
+                                        ("nvfp4", 768, 256, 16), ("mxfp4", 256, 96, 20)])
+def test_each_output_block_has_one_writer(spec, k, n, m, platform):
+    from pallas_kernels.common import lowering_target
+    q = jax.eval_shape(lambda w: bs.quantize(w, spec, axis=0),
+                       jax.ShapeDtypeStruct((k, n), jnp.float32))
+    x = jax.ShapeDtypeStruct((m, k), jnp.bfloat16)
+    if platform == "tpu" and n % 256:
+        pytest.skip("4-bit N=96 has no 128-lane code block on TPU (XLA fallback, see "
+                    "test_packed_matmul_lowering.py)")
+
+    def f(a, w):
+        return packed_matmul(a, w, implementation="pallas", interpret=platform is None)
+
+    if platform is None:
+        jx = jax.make_jaxpr(f)(x, q)
+    else:
+        with lowering_target(platform):
+            jx = jax.make_jaxpr(f)(x, q)
+    [eqn] = list(_pallas_eqns(jx.jaxpr))
+    gm = eqn.params["grid_mapping"]
+    out_maps = gm.block_mappings[gm.num_inputs:]
+    for bm in out_maps:
+        idx = bm.index_map_jaxpr
+        seen = set()
+        for point in itertools.product(*(range(g) for g in gm.grid)):
+            block = tuple(int(v) for v in jax.core.eval_jaxpr(idx.jaxpr, idx.consts, *point))
+            assert block not in seen, f"grid point {point} revisits output block {block}"
+            seen.add(block)
+
+
+@pytest.mark.parametrize("seed", (0, 2, 3))
+@pytest.mark.parametrize("spec,k,n,m,cfg", [
+    ("int4@g32", 256, 128, 20, PackedMatmulConfig(16, 32, 64, split_k=2)),
+    ("int8@channel", 256, 96, 5, PackedMatmulConfig(16, 32, 32, split_k=4)),
+    ("nvfp4", 128, 64, 17, None),
+    ("int4@g64+asym", 256, 64, 3, PackedMatmulConfig(16, 32, 64, split_k=4)),
+])
+def test_programs_are_independent(spec, k, n, m, cfg, seed):
+    # The TPU interpret mode with every grid axis "parallel": programs run in a random order on
+    # NaN-initialized buffers, so a kernel relying on grid order or on output memory it did
+    # not write (e.g. the old K-grid accumulation: relative error 0.5-0.7 here) fails.
+    from jax.experimental.pallas import tpu as pltpu
+    q = make(spec, k=k, n=n)
+    x = make_x(m, k, jnp.bfloat16, seed=m)
+    params = pltpu.InterpretParams(random_seed=seed, uninitialized_memory="nan")
+    y = jax.jit(lambda a, b: packed_matmul(a, b, implementation="pallas", interpret=params,
+                                           config=cfg))(x, q)
+    assert_matches(y, x, dequantize(q))
+
+
+@pytest.mark.parametrize("spec", ("int4@g32", "int8@channel", "mxfp4", "nvfp4"))
+def test_odd_shapes_and_split_k(spec, interpret):
+    # N = 96 (block_n 32, three column tiles), M = 37 (partial last M block, zero-padded),
+    # split-K partial products summed after the kernel, nibble order at tile edges.
+    q = make(spec, k=512, n=96)
+    x = make_x(37, 512, jnp.float16, seed=3)
+    for cfg in (None, PackedMatmulConfig(16, 32, 128, split_k=2),
+                PackedMatmulConfig(32, 32, 64, num_warps=8, num_stages=2, split_k=8)):
+        assert_matches(run_pallas(x, q, interpret, config=cfg), x, dequantize(q))
+
+
+def test_nibble_order_and_sign_extension(interpret):
+    # Every 4-bit code in every column position: byte = c0 | c1 << 4 with c0 the even column;
+    # codes 8..15 are negative (two's complement), uint8 shifts are logical.
+    k, n = 64, 32
+    vals = (np.arange(k * n).reshape(k, n) * 7 % 15 - 7).astype(np.float32)  # -7..7 (int4)
+    q = quantize(jnp.asarray(vals), "int4@g32", axis=0)
+    wd = np.asarray(dequantize(q))
+    x = make_x(16, k, jnp.float32)
+    assert_matches(run_pallas(x, q, interpret), x, wd)
+    eye = jnp.eye(k, dtype=jnp.float32)[:16]
+    y = np.asarray(run_pallas(eye, q, interpret))  # rows of dequantize(w), column by column
+    np.testing.assert_array_equal(y, wd[:16])
