@@ -114,3 +114,35 @@ def test_quantize_kernel_body_lowers_with_triton(spec):
         export_text(fn, [jax.ShapeDtypeStruct((64, 256), jnp.float32)], ("cuda",), checks)
     finally:
         jax.config.update("jax_pallas_use_mosaic_gpu", before)
+
+
+KERNEL_CALLS = ("__gpu$xla.gpu.triton", "triton_kernel_call", "tpu_custom_call")
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+@pytest.mark.parametrize("policy", ["fp8", "mxfp4", "nvfp4"])
+def test_model_with_kernels_lowers_for_the_accelerator(policy, platform):
+    """Traced for a GPU / TPU (`pallas_kernels.lowering_target`), the rules' default
+    implementation="auto" runs the fused fake-quant kernels inside the model, forward and
+    backward, and the whole step lowers for that platform with no simulated round trip."""
+    from jax import export
+
+    import pallas_kernels as pk
+
+    cfg = _tiny_cfg()
+    model = bn.Llama(cfg, policy, rngs=nnx.Rngs(0))
+    assert {r.implementation for r in model.policy.rules} == {"auto"}
+    graphdef, state = nnx.split(model, nnx.Param)
+    toks = jax.ShapeDtypeStruct((2, 16), jnp.int32)
+
+    def f(p, t, k):
+        return jax.value_and_grad(
+            lambda q: jnp.mean(nnx.merge(graphdef, q)(t, key=k) ** 2))(p)
+
+    p_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+    checks = [export.DisabledSafetyCheck.custom_call(c) for c in KERNEL_CALLS]
+    with pk.lowering_target(platform):
+        text = export_text(f, [p_spec, toks, KEY], platforms=(platform,), disabled_checks=checks)
+    assert any(c in text for c in KERNEL_CALLS), "no Pallas kernel in the lowered model"
+    found = float_round_trips(text)
+    assert not found, "\n".join(map(str, found[:5]))

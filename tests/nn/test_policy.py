@@ -313,3 +313,49 @@ def test_register_policy():
         bn.register_policy("fp8")
     with pytest.raises(ValueError, match=r"unknown precision policy 'fp9'.*register_policy"):
         bn.resolve_policy("fp9")
+
+
+@pytest.mark.parametrize("name", ["fp8", "mxfp4"])
+def test_pallas_fake_quant_kernels_give_the_xla_model(tiny, name):
+    """implementation='pallas' (the fused fake-quant kernels, interpreted on the CPU) gives the
+    XLA path's logits bit for bit and its gradients up to the order of a dot's sum, stochastic
+    gradient rounding included."""
+    cfg = tiny.TINY
+    toks = jax.random.randint(jax.random.key(0), (2, 16), 0, cfg.vocab_size)
+    key = jax.random.key(7)
+    xla = bn.resolve_policy(name).with_implementation("xla")
+    kernels = bn.resolve_policy(name).with_implementation("pallas", interpret=True)
+    assert {r.implementation for r in kernels.rules} == {"pallas"}
+
+    def loss_and_grads(policy):
+        model = _model(cfg, policy)
+        graphdef, params = nnx.split(model, nnx.Param)
+
+        def loss(p):
+            logits = nnx.merge(graphdef, p)(toks, key=key)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
+        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return [logits, value, *jax.tree.leaves(grads)]
+
+    got, want = loss_and_grads(kernels), loss_and_grads(xla)
+    for a, b in zip(got[:2], want[:2]):  # logits and loss: bit for bit
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Gradients: every fake-quantized operand and gradient is bit-identical (the kernels equal
+    # bs.fake_quant), but XLA:CPU may order a backward dot's sum differently when its operand
+    # comes from the kernel's custom call instead of a fused XLA expression.
+    for a, b in zip(got[2:], want[2:], strict=True):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=1e-6 * np.abs(b).max())
+
+
+def test_rule_implementation_is_checked():
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        bn.Rule(PATH, weight="mxfp4", implementation="triton")
+    with pytest.raises(TypeError, match="interpret must be a bool"):
+        bn.Rule(PATH, weight="mxfp4", interpret="yes")
+    rule = bn.Rule(PATH, weight="fp8_e4m3", act="fp8_e4m3", estimator="clipped_ste",
+                   implementation="pallas", interpret=True)
+    x, w = jnp.ones((2, 4, 64)), jnp.ones((64, 8))
+    with pytest.raises(ValueError, match="not ClippedSTE"):
+        bn.qdot(x, w, DIMS, rule)

@@ -16,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Callable, Optional
 
 import jax
@@ -26,13 +27,19 @@ from bitscale.numerics import QArray, dequantize
 from bitscale.numerics.validate import check_implementation
 
 
-def pallas_packed_matmul() -> Optional[Callable]:
-    """``pallas_kernels.packed_matmul`` when importable, else None."""
+def pallas_kernels_module() -> Optional[ModuleType]:
+    """The ``pallas_kernels`` package (a sibling of ``bitscale`` in a source checkout, optional
+    in an install) when importable, else None."""
     try:
         import pallas_kernels  # noqa: PLC0415
     except ImportError:
         return None
-    return getattr(pallas_kernels, "packed_matmul", None)
+    return pallas_kernels
+
+
+def pallas_packed_matmul() -> Optional[Callable]:
+    """``pallas_kernels.packed_matmul`` when importable, else None."""
+    return getattr(pallas_kernels_module(), "packed_matmul", None)
 
 
 def packed_matmul(x: jax.Array, w: QArray, *, compute_dtype="float32",

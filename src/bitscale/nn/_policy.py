@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from bitscale.numerics.estimators import Estimator, resolve_estimator
 from bitscale.numerics.specs import Spec, resolve_spec
+from bitscale.numerics.validate import check_implementation
 
 SpecLike = Union[str, Spec, None]
 DTYPES = ("float32", "bfloat16", "float16")
@@ -117,6 +118,13 @@ class Rule:
         emulated accumulation order (`bitscale.repro.Reduction`) or a batch-invariant tiling
         (`bitscale.repro.RowTiledDot`). It receives the operands already fake-quantized and
         cast to ``compute_dtype``. Packed (PTQ) weights ignore it.
+      implementation: ``"auto"`` (default), ``"xla"`` or ``"pallas"``: where the rule's
+        fake quantizations (operands and gradients) run. ``auto`` uses the fused
+        ``pallas_kernels`` fake-quant kernel on a GPU / TPU when it covers the spec (bit for bit
+        the XLA result) and XLA otherwise or on a CPU; ``pallas`` insists on the kernel
+        (ValueError naming what it cannot do: a non-STE estimator, an uncovered spec);
+        ``xla`` never uses it.
+      interpret: run the Pallas kernels in the interpreter (tests on a CPU).
     """
 
     pattern: str
@@ -131,6 +139,8 @@ class Rule:
     fwd_rounding: Literal["nearest", "stochastic"] = "nearest"
     grad_rounding: Literal["nearest", "stochastic"] = "nearest"
     reduction: Optional[DotReduction] = None
+    implementation: str = "auto"
+    interpret: bool = False
 
     def __post_init__(self):
         try:
@@ -149,6 +159,10 @@ class Rule:
             if getattr(self, f) not in ROUNDINGS:
                 raise ValueError(f"{f} must be one of {ROUNDINGS}, got {getattr(self, f)!r}")
         _check_hook(self.reduction, "dot_general", f"rule {self.pattern!r}: reduction")
+        check_implementation(self.implementation)
+        if not isinstance(self.interpret, bool):
+            raise TypeError(f"rule {self.pattern!r}: interpret must be a bool, got "
+                            f"{self.interpret!r}")
 
     @property
     def quantized(self) -> bool:
@@ -204,6 +218,14 @@ class Policy:
     @property
     def default_rule(self) -> Rule:
         return Rule(".*", compute_dtype=self.act_dtype)
+
+    def with_implementation(self, implementation: str, *, interpret: bool = False) -> Policy:
+        """This policy with every rule's ``implementation`` / ``interpret`` replaced (same name:
+        the numerics are the same, bit for bit, whichever runs them)."""
+        check_implementation(implementation)
+        return dataclasses.replace(self, rules=tuple(
+            dataclasses.replace(r, implementation=implementation, interpret=interpret)
+            for r in self.rules))
 
     def rule_for(self, path: str) -> Rule:
         """The first rule fully matching ``path``, else the unquantized default."""

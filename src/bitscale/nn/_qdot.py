@@ -17,6 +17,11 @@ A rule's ``reduction`` hook (`bitscale.nn.Rule`), when set, computes the product
 `lax.dot_general` (forward, and through its VJP backward): an emulated accumulation order or a
 batch-invariant tiling from `bitscale.repro`.
 
+A rule's ``implementation`` picks where the fake quantizations run: ``pallas_kernels.fake_quant``
+(the fused kernel, bit-identical to `bitscale.fake_quant`) on a GPU / TPU under ``auto`` when the
+package is importable and the kernel covers the spec and the estimator is the plain STE;
+`bitscale.fake_quant` otherwise. The products stay XLA dots (or the ``reduction`` hook).
+
 Stochastic rounding needs random bits. `qdot` takes one key per model call; it folds in a hash of
 the module path and then a slot number (0: lhs, 1: rhs, 2: g, 3: dX, 4: dW), so every
 quantization point of every layer gets its own deterministic stream. Without a key, stochastic
@@ -42,6 +47,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from bitscale.numerics import fake_quant
+from bitscale.numerics.estimators import STE
+from bitscale.nn._packed import pallas_kernels_module
 from bitscale.nn._policy import Rule
 
 DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
@@ -79,11 +86,24 @@ def _dot(cfg: _Cfg, lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     return _product(cfg.rule, lhs, rhs, cfg.dims)
 
 
-def _fq(x, spec, axis, rounding, kd, slot, has_key, estimator="ste"):
-    """fake_quant with the rule's rounding; nearest when no key was given."""
+def _fq(rule: Rule, x, spec, axis, rounding, kd, slot, has_key, estimator=STE()):
+    """fake_quant with the rule's rounding (nearest when no key was given), through the fused
+    Pallas kernel where ``rule.implementation`` picks it."""
     stochastic = rounding == "stochastic" and has_key
-    return fake_quant(x, spec, axis=axis, rounding="stochastic" if stochastic else "nearest",
-                      key=kd[slot] if stochastic else None, estimator=estimator)
+    kw = dict(axis=axis, rounding="stochastic" if stochastic else "nearest",
+              key=kd[slot] if stochastic else None)
+    if rule.implementation != "xla":
+        kernels = pallas_kernels_module()
+        reason = ("the package pallas_kernels is not importable" if kernels is None else
+                  None if isinstance(estimator, STE) else
+                  f"the kernel's gradient is the plain STE, not {estimator!r}")
+        if reason is None:
+            return kernels.fake_quant(x, spec, implementation=rule.implementation,
+                                      interpret=rule.interpret, **kw)
+        if rule.implementation == "pallas":
+            raise ValueError(f"rule {rule.pattern!r}: implementation='pallas' but {reason}; "
+                             "use implementation='auto' or 'xla'")
+    return fake_quant(x, spec, estimator=estimator, **kw)
 
 
 def _quant_operand(cfg: _Cfg, x, spec, axis, kd, slot):
@@ -91,7 +111,7 @@ def _quant_operand(cfg: _Cfg, x, spec, axis, kd, slot):
     if spec is None:
         return x, None
     r = cfg.rule
-    return jax.vjp(lambda a: _fq(a, spec, axis, r.fwd_rounding, kd, slot, cfg.has_key,
+    return jax.vjp(lambda a: _fq(r, a, spec, axis, r.fwd_rounding, kd, slot, cfg.has_key,
                                  r.estimator), x)
 
 
@@ -123,7 +143,7 @@ def _qdot_bwd(cfg: _Cfg, res, g):
             and any(s is not None for s in (r.grad, r.grad_lhs, r.grad_rhs))):
         _warn_no_key(cfg, "gradients")
     if r.grad is not None:
-        g = _fq(g, r.grad, -1, r.grad_rounding, kd, 2, cfg.has_key)
+        g = _fq(r, g, r.grad, -1, r.grad_rounding, kd, 2, cfg.has_key)
     _, dot_vjp = jax.vjp(functools.partial(_dot, cfg), lhs_w, rq)
     dl, dr = dot_vjp(g)
     if lvjp is not None:
@@ -131,9 +151,9 @@ def _qdot_bwd(cfg: _Cfg, res, g):
     if rvjp is not None:
         (dr,) = rvjp(dr)
     if r.grad_lhs is not None:
-        dl = _fq(dl, r.grad_lhs, cfg.lhs_axis, r.grad_rounding, kd, 3, cfg.has_key)
+        dl = _fq(r, dl, r.grad_lhs, cfg.lhs_axis, r.grad_rounding, kd, 3, cfg.has_key)
     if r.grad_rhs is not None:
-        dr = _fq(dr, r.grad_rhs, cfg.rhs_axis, r.grad_rounding, kd, 4, cfg.has_key)
+        dr = _fq(r, dr, r.grad_rhs, cfg.rhs_axis, r.grad_rounding, kd, 4, cfg.has_key)
     return dl, dr, None
 
 
