@@ -18,7 +18,7 @@ from bitscale.numerics.qarray import elem_bits
 from bitscale.numerics.specs import QuantSpec, resolve_spec
 from pallas_kernels.common import kernel_platform, use_pallas
 from pallas_kernels.quantize.config import QuantizeConfig, launch_support
-from pallas_kernels.quantize.kernel import amax_bits, quantize_call
+from pallas_kernels.quantize.kernel import quantize_call
 
 
 def kernel_support(spec, shape: tuple[int, ...], axis: int,
@@ -135,6 +135,6 @@ def quantize(x: jax.Array, spec, *, axis: int = -1, rounding: str = "nearest",
             scales = outs[1][:, :groups, :].reshape(gshape)
             zp = outs[2][:, :groups, :].reshape(gshape) if len(outs) > 2 else None
     if per_group and spec.tensor_scale:
-        amax = B.from_bits(amax_bits(E.to_f32(x).reshape(1, -1))[0, 0])
+        amax = B.from_bits(S.amax_bits(E.to_f32(x).reshape(1, -1))[0, 0])
         ts = S.tensor_scale(amax, spec)
     return bs.QArray(codes, scales, zp, ts, spec, tuple(shape), jnp.dtype(x.dtype), axis)

@@ -41,7 +41,6 @@ from bitscale.numerics import ieee
 from bitscale.numerics import packing
 from bitscale.numerics import quantizer as QZ
 from bitscale.numerics import scaling as S
-from bitscale.numerics.formats import IntFormat
 from bitscale.numerics.qarray import elem_bits
 from bitscale.numerics.specs import QuantSpec
 
@@ -49,68 +48,6 @@ from pallas_kernels.common import compiler_params, kernel_platform, portable_bod
 from pallas_kernels.quantize.config import Launch
 
 U32, I32 = B.U32, B.I32
-
-
-# ---------------------------------------------------------------------------------------------
-# Kernel-safe equivalents of numerics steps
-
-
-def amax_bits(xg: jax.Array) -> jax.Array:
-    """`bitscale.numerics.scaling.amax_bits` as an int32 reduction (same bits: magnitudes and
-    NaN patterns with the sign cleared are below 2^31)."""
-    mag = jax.lax.bitcast_convert_type(B.to_bits(xg) & U32(B.ABS_MASK), I32)
-    return jax.lax.bitcast_convert_type(jnp.max(mag, axis=-1, keepdims=True), U32)
-
-
-def _round_even_i32(v: jax.Array) -> jax.Array:
-    """``jnp.round(v)`` (nearest, ties to even) as int32 for |v| <= 2^22; NaN gives 0 (what
-    XLA's float -> int conversion gives)."""
-    q = E.round_fixed(jnp.clip(v, -2.0**22, 2.0**22), 0, None)
-    return jnp.where(jnp.isnan(v), 0, q)
-
-
-def _asym_scales(lo, hi, spec: QuantSpec) -> S.FloatScales:
-    """`bitscale.numerics.scaling.float_scales` for asymmetric integers, without ``round``."""
-    qmax = S.asym_qmax(spec.elem)
-    scale = ieee.div(ieee.sub(hi, lo), float(qmax))
-    scale = S.cast_scale(ieee.maximum(scale, S.F32_SMALLEST_NORMAL), spec)
-    # Clamping the rounded value to [0, qmax] first makes the clip of v to +-2^22 exact.
-    zp = jnp.clip(-_round_even_i32(ieee.div(lo, scale)), 0, qmax)
-    zp = jnp.where(jnp.isnan(scale), 0, zp)
-    return S.FloatScales(ieee.div(1.0, scale), scale, zp.astype(I32))
-
-
-def quantize_groups(xg, spec: QuantSpec, rand, want_codes: bool, tensor_amax):
-    """`bitscale.numerics.quantizer.quantize_groups` for the specs the kernel takes (no MSE
-    search, no mean-|x| scales); returns (`Out`, stored scales, zero point)."""
-    amax_b = amax_bits(xg)
-    bad = B.is_nan_bits(amax_b) | B.is_inf_bits(amax_b)
-    if spec.pow2_scales:
-        k = S.pow2_scale_exp(amax_b, spec)
-        out = QZ._pow2_groups(xg, spec, rand, k, bad, want_codes, None)
-        return out, jnp.where(bad, 255, k + 127).astype(jnp.uint8), None
-    amax = B.from_bits(amax_b)
-    s_t = None
-    if spec.tensor_scale:
-        if tensor_amax is None:
-            tensor_amax = B.from_bits(amax_bits(amax_b.reshape(1, -1)))[0, 0]
-        s_t = S.tensor_scale(tensor_amax, spec)
-    if isinstance(spec.elem, IntFormat) and spec.int_range == "asymmetric":
-        nan_g = B.is_nan_bits(amax_b)
-        lo, hi = (jnp.where(nan_g, jnp.float32(jnp.nan), v) for v in (
-            ieee.minimum(ieee.reduce_min(xg, axis=-1, keepdims=True), 0.0),
-            ieee.maximum(ieee.reduce_max(xg, axis=-1, keepdims=True), 0.0)))
-        sc = _asym_scales(lo, hi, spec)
-    else:
-        sc = S.float_scales(xg, amax, spec, s_t, None)
-    out = QZ._float_scaled_groups(xg, spec, rand, sc, want_codes, None)
-    if spec.scale_format is None:
-        stored = sc.dec
-    else:
-        sf = spec.scale_format
-        stored = E.encode_float(E.round_float(sc.block_scale, sf), sf).astype(
-            jnp.uint16 if sf.storage_bits > 8 else jnp.uint8)
-    return out, stored, sc.zero_point
 
 
 def quantize_tile(xf, valid, rand, spec, want_codes, tensor_amax):
@@ -126,10 +63,10 @@ def quantize_tile(xf, valid, rand, spec, want_codes, tensor_amax):
     size = n if spec.granularity == "channel" else spec.block_size
     xg = xf.reshape(rows, n // size, size)
     rg = None if rand is None else rand.reshape(xg.shape)
-    out, scales, zp = quantize_groups(xg, spec, rg, want_codes, tensor_amax)
+    out, sc = QZ.quantize_groups(xg, spec, rg, want_codes, None, tensor_amax)
     codes = None if out.codes is None else out.codes.reshape(rows, n)
-    zp = None if zp is None else zp.reshape(rows, n // size)
-    return out.y.reshape(rows, n), codes, scales.reshape(rows, n // size), zp
+    zp = None if sc.zero_point is None else sc.zero_point.reshape(rows, n // size)
+    return out.y.reshape(rows, n), codes, sc.scales.reshape(rows, n // size), zp
 
 
 def n_planes(nbits: int) -> int:
@@ -293,7 +230,7 @@ def quantize_call(x: jax.Array, key, *, spec, axis: int, rounding: str, want_cod
         in_specs.append(small((1, 2)))
     has_amax = per_group and spec.tensor_scale
     if has_amax:
-        inputs.append(B.from_bits(amax_bits(E.to_f32(x).reshape(1, -1))).reshape(1, 1))
+        inputs.append(B.from_bits(S.amax_bits(E.to_f32(x).reshape(1, -1))).reshape(1, 1))
         in_specs.append(small((1, 1)))
 
     tile_major = False

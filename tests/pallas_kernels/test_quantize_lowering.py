@@ -14,6 +14,7 @@ import pytest
 from jax import export
 
 import pallas_kernels as pk
+from bitscale.numerics import elementwise as E
 from bitscale.numerics import packing
 from bitscale.numerics import scaling as S
 from bitscale.numerics.specs import resolve_spec
@@ -212,12 +213,15 @@ def test_pack_tile_matches_pack_codes(nbits):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-def test_amax_and_zero_point_rounding_match():
+def test_kernel_safe_amax_and_zero_point_rounding():
+    """The numerics' group amax (an int32 reduction, for Mosaic TPU) and zero-point rounding (on
+    the bits, for Triton) against numpy: max of |x|'s bit patterns, and round-half-even."""
     x = 3.0 * jax.random.normal(jax.random.key(0), (4, 8, 32))
     x = x.at[0, 0, 3].set(jnp.nan).at[1, 2, 5].set(-jnp.inf).at[2, 3, 0].set(1e-40)
-    np.testing.assert_array_equal(np.asarray(K.amax_bits(x)), np.asarray(S.amax_bits(x)))
-    v = jnp.concatenate([jnp.arange(-600, 600, dtype=jnp.float32) / 4,
-                         jnp.array([-0.0, 1e-40, 2.0**22, -2.0**23, 1e30])])
-    np.testing.assert_array_equal(np.asarray(K._round_even_i32(v)),
-                                  np.asarray(jnp.clip(jnp.round(v), -2.0**22, 2.0**22)
-                                             ).astype(np.int32))
+    want = (np.asarray(x).view(np.uint32) & np.uint32(0x7FFFFFFF)).max(-1, keepdims=True)
+    np.testing.assert_array_equal(np.asarray(S.amax_bits(x)), want)
+    v = np.concatenate([np.arange(-600, 600, dtype=np.float32) / 4,
+                        np.array([-0.0, 1e-40, 2.0**22, -2.0**23, 1e30], np.float32)])
+    np.testing.assert_array_equal(np.asarray(E.round_half_even_i32(jnp.asarray(v))),
+                                  np.clip(np.round(v), -2.0**22, 2.0**22).astype(np.int32))
+    assert int(E.round_half_even_i32(jnp.float32(jnp.nan))) == 0
