@@ -359,3 +359,70 @@ def test_rule_implementation_is_checked():
     x, w = jnp.ones((2, 4, 64)), jnp.ones((64, 8))
     with pytest.raises(ValueError, match="not ClippedSTE"):
         bn.qdot(x, w, DIMS, rule)
+
+
+def test_contraction_axis_gradient_quantization():
+    """grad_axis='contraction': dX from g quantized along N with key fold_in(k, 0), dW from g
+    quantized along the flattened tokens with fold_in(k, 1) — written out with bs.fake_quant."""
+    rule = bn.Rule(PATH, weight="mxfp4", act="mxfp4", grad="mxfp4", grad_rounding="stochastic",
+                   grad_axis="contraction", implementation="xla")
+    x = jax.random.normal(jax.random.key(1), (2, 16, 64))
+    w = jax.random.normal(jax.random.key(2), (64, 32))
+    g = jax.random.normal(jax.random.key(3), (2, 16, 32))
+    y, vjp = jax.vjp(lambda a, b: bn.qdot(a, b, DIMS, rule, key=KEY, path=PATH), x, w)
+    dx, dw = vjp(g)
+    k = bn.slot_key(KEY, PATH, 2)
+    xq, wq = fake_quant(x, "mxfp4", axis=-1), fake_quant(w, "mxfp4", axis=0)
+    g_dx = bs.fake_quant(g, "mxfp4", axis=-1, rounding="stochastic", key=jax.random.fold_in(k, 0))
+    g_dw = bs.fake_quant(g.reshape(32, 32), "mxfp4", axis=0, rounding="stochastic",
+                         key=jax.random.fold_in(k, 1))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(jnp.einsum("btk,kn->btn", xq, wq)))
+    np.testing.assert_allclose(np.asarray(dx), np.asarray(jnp.einsum("btn,kn->btk", g_dx, wq)),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dw), np.asarray(xq.reshape(32, 64).T @ g_dw),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="grad_axis must be one of"):
+        bn.Rule(PATH, grad="mxfp4", grad_axis="tokens")
+    attn = bn.Rule(PATH, grad="mxfp4", grad_axis="contraction")
+    with pytest.raises(ValueError, match="grad_axis='contraction' needs a projection"):
+        bn.qdot(jnp.ones((2, 4, 8, 32)), jnp.ones((2, 4, 8, 32)),
+                (((3,), (3,)), ((0, 1), (0, 1))), attn)
+
+
+def test_qmatmul_runs_the_projections_of_a_contraction_axis_policy(tiny):
+    """A Quartet-style rule (MXFP4 operands, MXFP4 gradients along each product's contraction
+    axis, stochastic) runs every projection through pallas_kernels.qmatmul (interpreted):
+    logits and gradients equal the XLA path's up to the order of the products' sums."""
+    from unittest import mock
+
+    import pallas_kernels
+
+    cfg = tiny.TINY
+    rule = bn.Rule(bn.PROJ, weight="mxfp4", act="mxfp4", grad="mxfp4",
+                   grad_rounding="stochastic", grad_axis="contraction")
+    policy = bn.Policy("quartet_like", (bn.Rule("lm_head"), rule))
+    toks = jax.random.randint(jax.random.key(0), (2, 16), 0, cfg.vocab_size)
+    key = jax.random.key(5)
+
+    def run(p):
+        model = _model(cfg, p)
+        graphdef, params = nnx.split(model, nnx.Param)
+
+        def loss(q):
+            logits = nnx.merge(graphdef, q)(toks, key=key)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
+        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return [logits, value, *jax.tree.leaves(grads)]
+
+    calls = []
+    real = pallas_kernels.qmatmul
+    with mock.patch.object(pallas_kernels, "qmatmul",
+                           side_effect=lambda *a, **k: calls.append(k) or real(*a, **k)):
+        got = run(policy.with_implementation("pallas", interpret=True))
+    n_proj = 7 * cfg.num_layers
+    assert len(calls) == n_proj and all(c["grad_spec"] is not None for c in calls)
+    want = run(policy.with_implementation("xla"))
+    for a, b in zip(got, want, strict=True):
+        b = np.asarray(b)
+        np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=2e-5 * np.abs(b).max())

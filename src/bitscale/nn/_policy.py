@@ -44,6 +44,7 @@ SpecLike = Union[str, Spec, None]
 DTYPES = ("float32", "bfloat16", "float16")
 ROUNDINGS = ("nearest", "stochastic")
 WGRAD_ACTS = ("quantized", "original")
+GRAD_AXES = ("last", "contraction")
 
 
 @runtime_checkable
@@ -98,6 +99,13 @@ class Rule:
         (the last axis). For ``*.kv_cache`` paths: the spec of cached keys and values.
       grad: spec of the output gradient dY, quantized along its last axis before it enters both
         backward products (dX = dY . W and dW = dY^T . X for a projection y = x . W^T).
+      grad_axis: where ``grad``'s blocks run. ``last`` (default): along g's last axis, one copy
+        for both backward products. ``contraction``: one copy per product, along the axis that
+        product contracts: along N (g's last axis) for dX = Q(g) . W and along the tokens (all of
+        g's leading axes, flattened) for dW = Q(g)^T . X, what MX / NVFP4 matmul hardware needs
+        (Quartet's backward). Stochastic keys: ``fold_in(k, 0)`` (dX) and ``fold_in(k, 1)``
+        (dW) of the rule's gradient key. Only for products without batch dimensions whose lhs
+        contracts its last axis (projections).
       grad_lhs: spec of the activation gradient dX (after the product), along lhs's contraction
         axis.
       grad_rhs: spec of the weight gradient dW (after the product), along rhs's contraction axis.
@@ -118,12 +126,15 @@ class Rule:
         emulated accumulation order (`bitscale.repro.Reduction`) or a batch-invariant tiling
         (`bitscale.repro.RowTiledDot`). It receives the operands already fake-quantized and
         cast to ``compute_dtype``. Packed (PTQ) weights ignore it.
-      implementation: ``"auto"`` (default), ``"xla"`` or ``"pallas"``: where the rule's
-        fake quantizations (operands and gradients) run. ``auto`` uses the fused
-        ``pallas_kernels`` fake-quant kernel on a GPU / TPU when it covers the spec (bit for bit
-        the XLA result) and XLA otherwise or on a CPU; ``pallas`` insists on the kernel
-        (ValueError naming what it cannot do: a non-STE estimator, an uncovered spec);
-        ``xla`` never uses it.
+      implementation: ``"auto"`` (default), ``"xla"`` or ``"pallas"``: where the rule runs.
+        ``auto`` uses the ``pallas_kernels`` kernels on a GPU / TPU and XLA on a CPU: the whole
+        product through ``qmatmul`` (quantized operands, product and quantized-gradient
+        backward in one kernel) when the rule is one it computes (STE, ``wgrad_act``
+        "quantized", nearest forward rounding, float32 compute, no ``grad_lhs`` / ``grad_rhs`` /
+        ``reduction``, ``grad`` None or with ``grad_axis="contraction"``, a projection), else
+        each fake quantization through the fused fake-quant kernel (bit for bit the XLA result)
+        where it covers the spec. ``pallas`` insists on the kernels (ValueError naming what they
+        cannot do); ``xla`` never uses them.
       interpret: run the Pallas kernels in the interpreter (tests on a CPU).
     """
 
@@ -138,6 +149,7 @@ class Rule:
     wgrad_act: Literal["quantized", "original"] = "quantized"
     fwd_rounding: Literal["nearest", "stochastic"] = "nearest"
     grad_rounding: Literal["nearest", "stochastic"] = "nearest"
+    grad_axis: Literal["last", "contraction"] = "last"
     reduction: Optional[DotReduction] = None
     implementation: str = "auto"
     interpret: bool = False
@@ -155,6 +167,8 @@ class Rule:
         object.__setattr__(self, "compute_dtype", _dtype_name(self.compute_dtype))
         if self.wgrad_act not in WGRAD_ACTS:
             raise ValueError(f"wgrad_act must be one of {WGRAD_ACTS}, got {self.wgrad_act!r}")
+        if self.grad_axis not in GRAD_AXES:
+            raise ValueError(f"grad_axis must be one of {GRAD_AXES}, got {self.grad_axis!r}")
         for f in ("fwd_rounding", "grad_rounding"):
             if getattr(self, f) not in ROUNDINGS:
                 raise ValueError(f"{f} must be one of {ROUNDINGS}, got {getattr(self, f)!r}")

@@ -6,7 +6,8 @@ rule's compute dtype, accumulated and returned in float32.
 
 Backward, for output gradient ``g``:
 
-1. ``gq = Q_grad(g)`` along g's last axis (None: unchanged);
+1. ``gq = Q_grad(g)`` along g's last axis (None: unchanged); with ``grad_axis="contraction"`` two
+   copies, along N for dX and along the (flattened) token axes for dW;
 2. ``(dX, dW)`` = the VJP of the product at ``(A, Q_weight(rhs))`` applied to ``gq``, with
    ``A = Q_act(lhs)`` when ``wgrad_act == "quantized"`` (plain STE) or ``A = lhs`` when
    ``"original"`` (AQT / Qwix); dX only involves Q_weight(rhs) and dW only A;
@@ -17,10 +18,12 @@ A rule's ``reduction`` hook (`bitscale.nn.Rule`), when set, computes the product
 `lax.dot_general` (forward, and through its VJP backward): an emulated accumulation order or a
 batch-invariant tiling from `bitscale.repro`.
 
-A rule's ``implementation`` picks where the fake quantizations run: ``pallas_kernels.fake_quant``
-(the fused kernel, bit-identical to `bitscale.fake_quant`) on a GPU / TPU under ``auto`` when the
-package is importable and the kernel covers the spec and the estimator is the plain STE;
-`bitscale.fake_quant` otherwise. The products stay XLA dots (or the ``reduction`` hook).
+A rule's ``implementation`` picks where it runs (`bitscale.nn.Rule`): on a GPU / TPU under
+``auto``, a projection whose rule ``qmatmul`` computes goes through that kernel whole (same
+numerics, its own summation order); otherwise each fake quantization runs
+``pallas_kernels.fake_quant`` (the fused kernel, bit-identical to `bitscale.fake_quant`) where it
+covers the spec and the estimator is the plain STE, and the products stay XLA dots (or the
+``reduction`` hook); on a CPU, or with ``xla``, everything is XLA.
 
 Stochastic rounding needs random bits. `qdot` takes one key per model call; it folds in a hash of
 the module path and then a slot number (0: lhs, 1: rhs, 2: g, 3: dX, 4: dW), so every
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import warnings
 import zlib
 from typing import Any
@@ -48,6 +52,8 @@ from jax import lax
 
 from bitscale.numerics import fake_quant
 from bitscale.numerics.estimators import STE
+from bitscale.numerics.scaling import grouping
+from bitscale.numerics.specs import QuantSpec
 from bitscale.nn._packed import pallas_kernels_module
 from bitscale.nn._policy import Rule
 
@@ -90,8 +96,12 @@ def _fq(rule: Rule, x, spec, axis, rounding, kd, slot, has_key, estimator=STE())
     """fake_quant with the rule's rounding (nearest when no key was given), through the fused
     Pallas kernel where ``rule.implementation`` picks it."""
     stochastic = rounding == "stochastic" and has_key
-    kw = dict(axis=axis, rounding="stochastic" if stochastic else "nearest",
-              key=kd[slot] if stochastic else None)
+    return _fq_key(rule, x, spec, axis, kd[slot] if stochastic else None, estimator)
+
+
+def _fq_key(rule: Rule, x, spec, axis, key, estimator=STE()):
+    """fake_quant rounding stochastically with ``key``, to nearest when it is None."""
+    kw = dict(axis=axis, rounding="nearest" if key is None else "stochastic", key=key)
     if rule.implementation != "xla":
         kernels = pallas_kernels_module()
         reason = ("the package pallas_kernels is not importable" if kernels is None else
@@ -142,10 +152,16 @@ def _qdot_bwd(cfg: _Cfg, res, g):
     if (r.grad_rounding == "stochastic" and not cfg.has_key
             and any(s is not None for s in (r.grad, r.grad_lhs, r.grad_rhs))):
         _warn_no_key(cfg, "gradients")
-    if r.grad is not None:
-        g = _fq(r, g, r.grad, -1, r.grad_rounding, kd, 2, cfg.has_key)
     _, dot_vjp = jax.vjp(functools.partial(_dot, cfg), lhs_w, rq)
-    dl, dr = dot_vjp(g)
+    if r.grad is not None and r.grad_axis == "contraction":
+        k_dx, k_dw = _grad_keys(cfg, kd)
+        g_dx = _fq_key(r, g, r.grad, -1, k_dx)
+        g_dw = _fq_key(r, g.reshape(-1, g.shape[-1]), r.grad, 0, k_dw).reshape(g.shape)
+        dl, dr = dot_vjp(g_dx)[0], dot_vjp(g_dw)[1]
+    else:
+        if r.grad is not None:
+            g = _fq(r, g, r.grad, -1, r.grad_rounding, kd, 2, cfg.has_key)
+        dl, dr = dot_vjp(g)
     if lvjp is not None:
         (dl,) = lvjp(dl)
     if rvjp is not None:
@@ -158,6 +174,65 @@ def _qdot_bwd(cfg: _Cfg, res, g):
 
 
 _qdot.defvjp(_qdot_fwd, _qdot_bwd)
+
+
+def _grad_keys(cfg: _Cfg, kd) -> tuple[jax.Array | None, jax.Array | None]:
+    """The dX and dW keys of ``grad_axis="contraction"``: ``fold_in(k, 0)`` and ``fold_in(k, 1)``
+    of the gradient slot's key ``k`` (qmatmul's convention), or None (nearest rounding)."""
+    if cfg.rule.grad_rounding != "stochastic" or not cfg.has_key:
+        return None, None
+    return jax.random.fold_in(kd[2], 0), jax.random.fold_in(kd[2], 1)
+
+
+def _projection(dims: DimensionNumbers, lhs_ndim: int, rhs_ndim: int) -> int | None:
+    """The rhs contraction axis (0: rhs is [K, N], 1: [N, K]) when the product is a projection
+    (no batch dimensions, lhs contracts its last axis, 2-D rhs), else None."""
+    (lc, rc), (lb, rb) = dims
+    if lb or rb or rhs_ndim != 2 or tuple(lc) != (lhs_ndim - 1,) or len(rc) != 1:
+        return None
+    return int(rc[0]) % 2
+
+
+def _qmatmul_misfit(rule: Rule) -> str | None:
+    """Why ``qmatmul`` does not compute ``rule`` (None: it does)."""
+    checks = [
+        (rule.grad is not None and rule.grad_axis != "contraction",
+         "grad quantized along g's last axis for both products (grad_axis='last')"),
+        (rule.grad_lhs is not None or rule.grad_rhs is not None, "grad_lhs / grad_rhs"),
+        (not isinstance(rule.estimator, STE), f"estimator {rule.estimator!r}"),
+        (rule.wgrad_act != "quantized", f"wgrad_act={rule.wgrad_act!r}"),
+        (rule.fwd_rounding != "nearest", "stochastic forward rounding"),
+        (rule.compute_dtype != "float32", f"compute_dtype={rule.compute_dtype!r}"),
+        (rule.reduction is not None, "a reduction hook"),
+    ]
+    bad = [why for cond, why in checks if cond]
+    return None if not bad else ", ".join(bad)
+
+
+def _try_qmatmul(rule: Rule, lhs, rhs, dims, key, path):
+    """The product through ``pallas_kernels.qmatmul`` when the rule and product fit and the
+    kernels run here (GPU / TPU, or the interpreter), else None."""
+    if rule.implementation == "xla":
+        return None
+    kernels = pallas_kernels_module()
+    rhs_axis = _projection(dims, lhs.ndim, rhs.ndim)
+    if (kernels is None or rhs_axis is None or _qmatmul_misfit(rule) is not None
+            or not kernels.use_pallas(rule.implementation, rule.interpret, path or "qdot")):
+        return None
+    w = rhs if rhs_axis == 0 else rhs.T
+    m = math.prod(lhs.shape[:-1])
+    if isinstance(rule.grad, QuantSpec):
+        try:  # qmatmul checks g's blocks along M eagerly; a decode step's M may not hold them
+            grouping((m, w.shape[1]), rule.grad, 0)
+        except ValueError:
+            return None
+    k = None
+    if rule.grad is not None and rule.grad_rounding == "stochastic" and key is not None:
+        k = slot_key(key, path, 2)
+    y = kernels.qmatmul(lhs.reshape(m, lhs.shape[-1]), w, x_spec=rule.act, w_spec=rule.weight,
+                        grad_spec=rule.grad, key=k, implementation=rule.implementation,
+                        interpret=rule.interpret)
+    return y.reshape(lhs.shape[:-1] + (w.shape[1],))
 
 
 def _single_axis(axes: tuple[int, ...], ndim: int, name: str, path: str) -> int:
@@ -183,6 +258,14 @@ def qdot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers, ru
     if not rule.quantized:
         return _product(rule, lhs, rhs, dimension_numbers)
     (lc, rc), _ = dimension_numbers
+    if rule.grad is not None and rule.grad_axis == "contraction" and _projection(
+            dimension_numbers, lhs.ndim, rhs.ndim) is None:
+        raise ValueError(f"{path or 'qdot'}: grad_axis='contraction' needs a projection (no batch "
+                         "dimensions, lhs contracting its last axis, a 2-D weight), got "
+                         f"dimension_numbers={dimension_numbers}")
+    y = _try_qmatmul(rule, lhs, rhs, dimension_numbers, key, path)
+    if y is not None:
+        return y
     cfg = _Cfg(rule, _freeze(dimension_numbers), _single_axis(lc, lhs.ndim, "lhs", path),
                _single_axis(rc, rhs.ndim, "rhs", path), key is not None, path)
     zero = jnp.zeros((2,), jnp.uint32)
