@@ -119,12 +119,19 @@ def test_quantize_kernel_body_lowers_with_triton(spec):
 KERNEL_CALLS = ("__gpu$xla.gpu.triton", "triton_kernel_call", "tpu_custom_call")
 
 
+QUARTET_LIKE = bn.Policy("quartet_like", (bn.Rule("lm_head"), bn.Rule(
+    bn.PROJ, weight="mxfp4", act="mxfp4", grad="mxfp4", grad_rounding="stochastic",
+    grad_axis="contraction")))
+
+
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
-@pytest.mark.parametrize("policy", ["fp8", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("policy", ["fp8", "mxfp4", "nvfp4", QUARTET_LIKE],
+                         ids=lambda p: getattr(p, "name", p))
 def test_model_with_kernels_lowers_for_the_accelerator(policy, platform):
     """Traced for a GPU / TPU (`pallas_kernels.lowering_target`), the rules' default
-    implementation="auto" runs the fused fake-quant kernels inside the model, forward and
-    backward, and the whole step lowers for that platform with no simulated round trip."""
+    implementation="auto" runs the kernels inside the model (the fused fake-quant kernel; whole
+    projections through qmatmul for the quartet-like rule), forward and backward, and the whole
+    step lowers for that platform with no simulated round trip."""
     from jax import export
 
     import pallas_kernels as pk
