@@ -46,14 +46,35 @@ def lowering_target(platform: str) -> Iterator[None]:
     """Within the block, kernels trace for ``platform`` ("cuda", "rocm" or "tpu") on any host:
     `use_pallas` picks the kernel under "auto" and "pallas" and `compiler_params` that
     platform's lowering. For exporting (``jax.export``) a GPU / TPU program from a CPU host; the
-    result cannot run on the host itself."""
+    result cannot run on the host itself. From JAX 0.11 a GPU target also sets an abstract
+    device (`ABSTRACT_GPUS`), whose compute capability Triton's lowering reads. Trace a fresh
+    function per target: the target is not part of JAX's jit cache key."""
     if platform not in PLATFORMS:
         raise ValueError(f"lowering_target: unknown platform {platform!r}; valid: {PLATFORMS}")
     token = _TARGET.set(platform)
     try:
-        yield
+        with _abstract_gpu(platform):
+            yield
     finally:
         _TARGET.reset(token)
+
+
+#: The GPU an export from a host without one targets (JAX >= 0.11's Triton lowering reads the
+#: compute capability of the device it lowers for).
+ABSTRACT_GPUS = {"cuda": "NVIDIA H100", "rocm": "gfx942"}
+
+
+def _abstract_gpu(platform: str) -> contextlib.AbstractContextManager:
+    """On JAX versions whose Triton lowering needs a GPU's compute capability, and a host
+    without a GPU: an abstract one-device mesh of `ABSTRACT_GPUS`' device (no-op otherwise)."""
+    abstract_device = getattr(jax.sharding, "AbstractDevice", None)
+    if (platform not in ABSTRACT_GPUS or abstract_device is None or backend() == "gpu"
+            or jax.__version_info__ < (0, 11)):
+        return contextlib.nullcontext()
+    device = abstract_device(device_kind=ABSTRACT_GPUS[platform], num_cores=None,
+                             platform=platform)
+    mesh = jax.sharding.AbstractMesh((1,), ("pallas_target",), abstract_device=device)
+    return jax.sharding.use_abstract_mesh(mesh)
 
 
 def target_platform() -> str | None:

@@ -101,8 +101,9 @@ def test_hadamard_fake_quant_lowers(spec, rounding, platform):
 
 def test_hadamard_256_falls_back_on_gpu_but_lowers_on_tpu():
     # The 256x256 float32 matrix alone (256 KiB) exceeds an H100's shared memory.
+    x = jnp.ones((16, 512))  # concrete arrays are made outside a lowering target
     with lowering_target("cuda"), pytest.raises(ValueError, match="GPU shared memory"):
-        pk.hadamard_transform(jnp.ones((16, 512)), 256, implementation="pallas")
+        pk.hadamard_transform(x, 256, implementation="pallas")
     auto = lambda v: pk.hadamard_transform(v, 256, key=KEY)  # noqa: E731
     assert not _lowers(auto, (256, 512), jnp.float32, "cuda")  # the XLA reference
     assert _lowers(lambda v: pk.hadamard_transform(v, 256, implementation="pallas"),
@@ -112,8 +113,9 @@ def test_hadamard_256_falls_back_on_gpu_but_lowers_on_tpu():
 def test_oversized_channel_falls_back_on_gpu():
     # A whole 65536-long float32 row in one program: 256 KiB in + 256 KiB out.
     shape = (4, 65536)
+    x = jnp.ones(shape)
     with lowering_target("cuda"), pytest.raises(ValueError, match="GPU shared memory"):
-        pk.fake_quant(jnp.ones(shape), "int8@channel", implementation="pallas")
+        pk.fake_quant(x, "int8@channel", implementation="pallas")
     assert not _lowers(lambda v: pk.fake_quant(v, "int8@channel"), shape, jnp.float32, "cuda")
     assert _lowers(lambda v: pk.fake_quant(v, "int8@channel"), shape, jnp.float32, "tpu")
 
@@ -168,8 +170,9 @@ def test_smem_model():
     # Explicit configs are taken as given, and too large ones are reported.
     big = QuantizeConfig(block_axis=4096, block_other=32)
     assert big.smem_bytes(resolve_spec("fp8_e4m3"), (64, 4096), jnp.float32) > SMEM_LIMITS["h100"]
+    x = jnp.ones((64, 4096))
     with lowering_target("cuda"), pytest.raises(ValueError, match="GPU shared memory"):
-        pk.fake_quant(jnp.ones((64, 4096)), "fp8_e4m3", implementation="pallas", config=big)
+        pk.fake_quant(x, "fp8_e4m3", implementation="pallas", config=big)
 
 
 # ---------------------------------------------------------------------------------------------
