@@ -315,6 +315,18 @@ def test_register_policy():
         bn.resolve_policy("fp9")
 
 
+def _logits_loss_grads(cfg, policy, toks, key) -> list:
+    """[logits, loss, *parameter gradients] of `_model` under ``policy`` (one jitted step)."""
+    graphdef, params = nnx.split(_model(cfg, policy), nnx.Param)
+
+    def loss(p):
+        logits = nnx.merge(graphdef, p)(toks, key=key)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return [logits, value, *jax.tree.leaves(grads)]
+
+
 @pytest.mark.parametrize("name", ["fp8", "mxfp4"])
 def test_pallas_fake_quant_kernels_give_the_xla_model(tiny, name):
     """implementation='pallas' (the fused fake-quant kernels, interpreted on the CPU) gives the
@@ -327,18 +339,7 @@ def test_pallas_fake_quant_kernels_give_the_xla_model(tiny, name):
     kernels = bn.resolve_policy(name).with_implementation("pallas", interpret=True)
     assert {r.implementation for r in kernels.rules} == {"pallas"}
 
-    def loss_and_grads(policy):
-        model = _model(cfg, policy)
-        graphdef, params = nnx.split(model, nnx.Param)
-
-        def loss(p):
-            logits = nnx.merge(graphdef, p)(toks, key=key)
-            return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
-
-        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-        return [logits, value, *jax.tree.leaves(grads)]
-
-    got, want = loss_and_grads(kernels), loss_and_grads(xla)
+    got, want = (_logits_loss_grads(cfg, p, toks, key) for p in (kernels, xla))
     for a, b in zip(got[:2], want[:2]):  # logits and loss: bit for bit
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Gradients: every fake-quantized operand and gradient is bit-identical (the kernels equal
@@ -404,25 +405,15 @@ def test_qmatmul_runs_the_projections_of_a_contraction_axis_policy(tiny):
     toks = jax.random.randint(jax.random.key(0), (2, 16), 0, cfg.vocab_size)
     key = jax.random.key(5)
 
-    def run(p):
-        model = _model(cfg, p)
-        graphdef, params = nnx.split(model, nnx.Param)
-
-        def loss(q):
-            logits = nnx.merge(graphdef, q)(toks, key=key)
-            return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
-
-        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-        return [logits, value, *jax.tree.leaves(grads)]
-
     calls = []
     real = pallas_kernels.qmatmul
     with mock.patch.object(pallas_kernels, "qmatmul",
                            side_effect=lambda *a, **k: calls.append(k) or real(*a, **k)):
-        got = run(policy.with_implementation("pallas", interpret=True))
+        got = _logits_loss_grads(cfg, policy.with_implementation("pallas", interpret=True),
+                                 toks, key)
     n_proj = 7 * cfg.num_layers
     assert len(calls) == n_proj and all(c["grad_spec"] is not None for c in calls)
-    want = run(policy.with_implementation("xla"))
+    want = _logits_loss_grads(cfg, policy.with_implementation("xla"), toks, key)
     for a, b in zip(got, want, strict=True):
         b = np.asarray(b)
         np.testing.assert_allclose(np.asarray(a), b, rtol=0, atol=2e-5 * np.abs(b).max())

@@ -62,27 +62,8 @@ class Checkpointer:
 
     def restore(self, step: int, like: Any, shardings: Any = None) -> tuple[Any, dict]:
         """Restores checkpoint ``step`` into the structure of ``like`` (placed as ``shardings``)."""
-        where = os.path.join(self.directory, str(step))
-        meta = self._meta(step)
-        paths, shapes, dtypes, treedef = _describe(like)
-        got = (meta.get("paths"), [tuple(s) for s in meta.get("shapes") or []],
-               meta.get("dtypes"))
-        if got != (paths, shapes, dtypes):
-            diff = next((f"{a} {sa} {da} (checkpoint) vs {b} {sb} {db} (run)"
-                         for a, sa, da, b, sb, db in zip(got[0] or [], got[1], got[2] or [],
-                                                         paths, shapes, dtypes)
-                         if (a, sa, da) != (b, sb, db)),
-                        f"{len(got[0] or [])} leaves (checkpoint) vs {len(paths)} (run)")
-            raise CheckpointError(f"checkpoint {where} does not match this run's state "
-                                  f"(model/optimizer config changed?): first difference: {diff}")
-        like_leaves = jax.tree_util.tree_leaves(like)
-        shard_leaves = (jax.tree_util.tree_leaves(shardings) if shardings is not None
-                        else [getattr(x, "sharding", None) for x in like_leaves])
-        target = {f"leaf_{i:05d}": jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
-                  for i, (x, s) in enumerate(zip(like_leaves, shard_leaves))}
-        items = self._restore_items(step, target)
-        leaves = [items[f"leaf_{i:05d}"] for i in range(len(like_leaves))]
-        return jax.tree_util.tree_unflatten(treedef, leaves), meta
+        return self._restore_prefix(step, "", like, shardings, what="this run's state",
+                                    hint="model/optimizer config changed?")
 
     def restore_subtree(self, step: int, prefix: str, like: Any,
                         shardings: Any = None) -> tuple[Any, dict]:
@@ -91,6 +72,14 @@ class Checkpointer:
 
         The other leaves are read too (orbax restores whole items) and dropped.
         """
+        return self._restore_prefix(step, prefix, like, shardings,
+                                    what=f"the requested {prefix}",
+                                    hint="model config or policy changed?")
+
+    def _restore_prefix(self, step: int, prefix: str, like: Any, shardings: Any, *, what: str,
+                        hint: str) -> tuple[Any, dict]:
+        """The leaves of checkpoint ``step`` under ``prefix`` ("": all), checked against
+        ``like``'s paths, shapes and dtypes, as ``like``'s structure placed as ``shardings``."""
         where = os.path.join(self.directory, str(step))
         meta = self._meta(step)
         saved = list(zip(meta.get("paths") or [], [tuple(s) for s in meta.get("shapes") or []],
@@ -100,10 +89,13 @@ class Checkpointer:
         got = [(saved[i][0][len(prefix):], saved[i][1], saved[i][2]) for i in mine]
         want = list(zip(paths, shapes, dtypes))
         if got != want:
-            diff = next((f"{a} (checkpoint) vs {b} (run)" for a, b in zip(got, want) if a != b),
-                        f"{len(got)} leaves under {prefix} (checkpoint) vs {len(want)} (run)")
-            raise CheckpointError(f"checkpoint {where} does not match the requested {prefix} "
-                                  f"(model config or policy changed?): first difference: {diff}")
+            under = f" under {prefix}" if prefix else ""
+            diff = next((f"{a} {sa} {da} (checkpoint) vs {b} {sb} {db} (run)"
+                         for (a, sa, da), (b, sb, db) in zip(got, want)
+                         if (a, sa, da) != (b, sb, db)),
+                        f"{len(got)} leaves{under} (checkpoint) vs {len(want)} (run)")
+            raise CheckpointError(f"checkpoint {where} does not match {what} ({hint}): first "
+                                  f"difference: {diff}")
         like_leaves = jax.tree_util.tree_leaves(like)
         shard_leaves = (jax.tree_util.tree_leaves(shardings) if shardings is not None
                         else [getattr(x, "sharding", None) for x in like_leaves])
