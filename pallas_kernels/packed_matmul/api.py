@@ -10,7 +10,9 @@ Supported weights for the kernel: a 2-D [K, N] `QArray` whose codes are 4 or 8 b
 * scaled integers and floats quantized with ``axis=0`` (groups along K): ``int4@g<N>``,
   ``int8@g<N>``, ``int8@channel``, ``@tensor``, ``+asym`` zero points, ``+full``;
 * OCP MX (``mxfp4``, ``mxfp8_e4m3``, ``mxfp8_e5m2``, ``mxint8``; E8M0 scales) and NVFP4
-  (``nvfp4``: E4M3 block scales times an FP32 tensor scale; ``nvfp4_single``).
+  (``nvfp4``: E4M3 block scales times an FP32 tensor scale; ``nvfp4_single``), also with the
+  ``+rms`` and ``+4o6`` options (they choose the codes and scales, which decode as usual).
+  2-D block specs (``nvfp4_2d``) and ``+headroom`` run on the XLA path.
 
 The result is float32: the products of x and the dequantized weights are exact and accumulated in
 float32, so it equals ``x @ dequantize(w)`` (computed in float32 or float64) up to the order of the
@@ -85,6 +87,15 @@ def _plan_of(spec: Any, w_axis: int | None, w_dtype: Any, asym: bool, two_level:
     blocked = False
     group = block_k or 0
     if isinstance(spec, QuantSpec):
+        # +rms and +4o6 only choose the codes and scales; the QArray decodes as any other (the
+        # interpreter test gives dequantize(w) bit for bit). 2-D blocks store [K/b, N/b] scales
+        # and +headroom divides by 3/4 on decode, which the kernel does not do.
+        if spec.granularity == "block2d":
+            raise _unsupported(spec, f"its {spec.block_size}x{spec.block_size} 2-D block scales "
+                               "([K/b, N/b]) are not laid out per K group and column")
+        if spec.headroom:
+            raise _unsupported(spec, "+headroom decodes as code * scale / (3/4), which the kernel "
+                               "does not implement")
         if spec.granularity != "tensor" and w_axis not in (0, None):
             raise ValueError(f"packed_matmul needs w quantized with axis=0 (groups along K), got "
                              f"axis={w_axis}")

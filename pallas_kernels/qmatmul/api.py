@@ -48,7 +48,7 @@ import bitscale as bs
 from bitscale.numerics import bits as B
 from bitscale.numerics import scaling as S
 from bitscale.numerics.formats import BinaryFormat, TernaryFormat
-from bitscale.numerics.specs import QuantSpec, Spec
+from bitscale.numerics.specs import QuantSpec, Spec, recipe_options
 
 from pallas_kernels.common import kernel_platform, use_pallas
 from pallas_kernels.qmatmul import config as C
@@ -88,10 +88,16 @@ def kernel_support(spec: Spec | None, role: str, platform: str | None) -> str | 
     """Why the kernel cannot fake-quantize ``spec`` when lowered for ``platform`` (None: it can).
 
     The kernel fake-quantizes per tile: element casts and block specs with power-of-two blocks,
-    without the MSE clip search. Everything else lowers for Triton and Mosaic TPU.
+    without the MSE clip search and the 4-bit recipe options (2-D blocks, ``+rms``, ``+4o6``,
+    ``+headroom``: `specs.recipe_options`). Everything else lowers for Triton and Mosaic TPU.
     """
     if not isinstance(spec, QuantSpec):
         return None
+    recipe = recipe_options(spec)
+    if recipe:
+        return (f"{role} spec {spec.name!r} uses {', '.join(recipe)}, which qmatmul's Pallas "
+                "kernel (per-tile absmax scale groups along one axis) does not implement; use "
+                "implementation='xla' (or 'auto', which falls back to it)")
     if isinstance(spec.elem, (TernaryFormat, BinaryFormat)) or spec.granularity != "block":
         return (f"qmatmul's Pallas kernel fake-quantizes per tile, so {role} spec {spec.name!r} "
                 f"({spec.granularity} granularity) is not supported: it needs the whole axis; "

@@ -15,7 +15,7 @@ from bitscale.numerics import scaling as S
 from bitscale.numerics import validate as V
 from bitscale.numerics.formats import BinaryFormat, TernaryFormat
 from bitscale.numerics.qarray import elem_bits
-from bitscale.numerics.specs import QuantSpec, resolve_spec
+from bitscale.numerics.specs import QuantSpec, recipe_options, resolve_spec
 from pallas_kernels.common import kernel_platform, use_pallas
 from pallas_kernels.quantize.config import QuantizeConfig, launch_support
 from pallas_kernels.quantize.kernel import quantize_call
@@ -26,6 +26,10 @@ def kernel_support(spec, shape: tuple[int, ...], axis: int,
     """None if the kernel handles (spec, shape, axis) on ``platform`` (None: the interpreter;
     "cuda" / "rocm" / "tpu"), else the reason it does not."""
     if isinstance(spec, QuantSpec):
+        recipe = recipe_options(spec)
+        if recipe:
+            return (f"spec {spec.name!r} uses {', '.join(recipe)}, which the kernel (scale groups "
+                    "along one axis, absmax rules) does not implement")
         if spec.granularity == "tensor":
             return f"spec {spec.name!r} has a per-tensor scale (a global reduction before the pass)"
         if spec.clip == "mse":

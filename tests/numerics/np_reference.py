@@ -283,6 +283,13 @@ def fake_quant(x: np.ndarray, spec: dict) -> np.ndarray:
     """Fake-quantizes float32 ``x`` along its last axis; ``spec`` is a dict (see `parse`)."""
     x = _f32(x)
     kind = spec["kind"]
+    if kind == "scaled" and spec["granularity"] == "block2d":
+        # NVIDIA's 2-D tiles: reshape(R/b, b, C/b, b).transpose(0, 2, 1, 3), each a 1-D block.
+        b, (r, c) = spec["block"], x.shape[-2:]
+        t = x.reshape(-1, r // b, b, c // b, b).transpose(0, 1, 3, 2, 4)
+        y = fake_quant(t.reshape(-1, (c // b) * b * b), dict(spec, granularity="block",
+                                                             block=b * b))
+        return y.reshape(-1, r // b, c // b, b, b).transpose(0, 1, 3, 2, 4).reshape(x.shape)
     if kind == "float":
         return round_float(x, *spec["elem"][1])
     if kind == "int":
@@ -360,6 +367,7 @@ _NAMED = {
     "mxfp6_e3m2": "fp6_e3m2@g32:e8m0", "mxfp6_e2m3": "fp6_e2m3@g32:e8m0",
     "mxfp4": "fp4_e2m1@g32:e8m0", "mxint8": "int8@g32:e8m0",
     "nvfp4": "fp4_e2m1@g16:ue4m3+2level", "nvfp4_single": "fp4_e2m1@g16:ue4m3",
+    "nvfp4_2d": "fp4_e2m1@g16x16:ue4m3+2level", "nvint4": "int4@g16:ue4m3+2level",
     "ternary": "ternary@tensor", "binary": "binary@tensor",
 }
 
@@ -390,7 +398,10 @@ def parse(name: str) -> dict:
         if elem[0] == "float":
             return {"kind": "float", "elem": elem}
         return {"kind": "int", "elem": elem, "signed": elem[0] == "int"}
-    granularity, block = ("block", int(gran[1:])) if gran.startswith("g") else (gran, 0)
+    if gran.startswith("g") and "x" in gran:  # g<N>x<N>: one scale per N x N tile
+        granularity, block = "block2d", int(gran[1:].partition("x")[0])
+    else:
+        granularity, block = ("block", int(gran[1:])) if gran.startswith("g") else (gran, 0)
     pow2 = sf == "e8m0"
     rule = next((o for o in opts if o in ("floor", "ceil", "even", "rceil")), "floor")
     int_range = ("asymmetric" if "asym" in opts else "full" if "full" in opts

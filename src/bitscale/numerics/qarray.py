@@ -18,8 +18,9 @@ class QArray:
 
     Attributes:
       codes: uint8 codes packed along the last axis (uint16 for 16-bit formats).
-      scales: per-group scales in the caller's layout (``axis`` holds the groups): float32, or
-        uint8 codes of the spec's scale format (E8M0 exponents, UE4M3 bits); None for casts.
+      scales: per-group scales in the caller's layout (``axis`` holds the groups; 2-D block
+        specs: ``[..., R/b, C/b]``, one per tile of the last two axes): float32, or uint8 codes
+        of the spec's scale format (E8M0 exponents, UE4M3 bits); None for casts.
       zero_point: int32 per-group zero points (asymmetric integers) or None.
       tensor_scale: float32 scalar of two-level specs (NVFP4) or None.
       spec, shape, dtype, axis: static metadata.

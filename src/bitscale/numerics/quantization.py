@@ -24,7 +24,7 @@ from bitscale.numerics.estimators import ClippedSTE, Estimator, STE, resolve_est
 from bitscale.numerics.formats import (
     BinaryFormat, E8M0Format, FloatFormat, IntFormat, TernaryFormat)
 from bitscale.numerics.qarray import QArray, elem_bits
-from bitscale.numerics.specs import QuantSpec, Spec, resolve_spec
+from bitscale.numerics.specs import HEADROOM, QuantSpec, Spec, resolve_spec
 
 U32, I32 = B.U32, B.I32
 
@@ -82,7 +82,8 @@ def fake_quant(x: jax.Array, spec: "str | Spec", *, axis: int = -1, rounding: st
       x: float32, bfloat16 or float16 array.
       spec: a name (``"fp8_e4m3"``, ``"int8@channel"``, ``"mxfp4"``, ...; see `specs`) or a spec
         object. A plain element format is a saturating cast with no scale.
-      axis: the axis along which elements share a scale (channel and block specs).
+      axis: the axis along which elements share a scale (channel and block specs; 2-D block
+        specs tile the last two axes and accept either of them, with the same result).
       rounding: ``"nearest"`` (ties to even) or ``"stochastic"`` (needs ``key``); the random bits
         are a counter hash of (key, flat element index), identical on every backend.
       key: a `jax.random` key.
@@ -109,7 +110,9 @@ def quantize(x: jax.Array, spec: "str | Spec", *, axis: int = -1,
     """Quantizes ``x`` to packed codes and scales; `dequantize` inverts it.
 
     ``dequantize(quantize(x, ...)) == fake_quant(x, ...)`` bit for bit, except that NaN inputs of
-    unscaled formats without a NaN code (fp4/fp6, integers) are stored as zero codes.
+    unscaled formats without a NaN code (fp4/fp6, integers) are stored as zero codes. ``+4o6``
+    stores each block's chosen UE4M3 scale; ``+headroom`` stores the codes of 3/4 x, which
+    `dequantize` divides by 3/4 again.
     """
     spec = resolve_spec(spec)
     x = V.check_input(x)
@@ -163,6 +166,8 @@ def dequantize(q: QArray) -> jax.Array:
         else:
             y = QZ.mxint_value(_signed(cg, fmt.bits), S.mxint_qexp(fmt) + k)
         y = jnp.where(sc == 255, jnp.float32(jnp.nan), y)
+        if spec.headroom:  # the codes hold 3/4 x (Tseng et al.): undo it as fake_quant does
+            y = ieee.div(y, HEADROOM)
     else:
         dec = g.scales_in(q.scales)
         if spec.scale_format is not None:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from bitscale.numerics import bits as B
 from bitscale.numerics import elementwise as E
@@ -20,7 +21,7 @@ from bitscale.numerics import ieee
 from bitscale.numerics import scaling as S
 from bitscale.numerics.formats import (
     BinaryFormat, E8M0Format, FloatFormat, IntFormat, TernaryFormat)
-from bitscale.numerics.specs import MSE_CLIP_RATIOS, QuantSpec
+from bitscale.numerics.specs import HEADROOM, MSE_CLIP_RATIOS, QuantSpec
 
 U32, I32 = B.U32, B.I32
 
@@ -161,6 +162,9 @@ def quantize_groups(xg, spec: QuantSpec, rand, want_codes: bool, want: str | Non
         return out, Scales(sc.dec, None, None)
     amax_b = S.amax_bits(xg)
     bad = B.is_nan_bits(amax_b) | B.is_inf_bits(amax_b)
+    clip = use_amax = None
+    if spec.clip == "rms":
+        clip, use_amax = S.rms_clip(xg, amax_b, S.rms_alpha(spec))
     if spec.pow2_scales:
         def qdq_pow2(amax_f32):
             k = S.pow2_scale_exp(B.to_bits(amax_f32), spec)
@@ -168,14 +172,29 @@ def quantize_groups(xg, spec: QuantSpec, rand, want_codes: bool, want: str | Non
         amax = B.from_bits(amax_b)
         if spec.clip == "mse":
             amax = S.mse_search(xg, amax, _mse_ratios(), qdq_pow2)
-        k = S.pow2_scale_exp(B.to_bits(amax), spec)
-        out = _pow2_groups(xg, spec, rand, k, bad, want_codes, want)
+        if spec.clip == "rms":
+            k = S.pow2_scale_exp_clip(clip, amax_b, use_amax, spec)
+        else:
+            k = S.pow2_scale_exp(B.to_bits(amax), spec)
+        if spec.headroom:
+            # Tseng et al.: the block's scale comes from amax of x; the elements are 3/4 x.
+            out = _pow2_groups(ieee.mul(xg, HEADROOM), spec, rand, k, bad, want_codes, want)
+            out = out._replace(y=ieee.div(out.y, HEADROOM),
+                               step=None if out.step is None else ieee.div(out.step, HEADROOM))
+        else:
+            out = _pow2_groups(xg, spec, rand, k, bad, want_codes, want)
         scale_codes = jnp.where(bad, 255, k + 127).astype(jnp.uint8)
         return out, Scales(scale_codes, None, None)
-    amax = B.from_bits(amax_b)
+    amax = B.from_bits(amax_b) if clip is None else clip
     s_t = None
     if spec.tensor_scale:
-        t_amax = B.from_bits(jnp.max(amax_b)) if tensor_amax is None else tensor_amax
+        if tensor_amax is not None:
+            t_amax = tensor_amax
+        elif clip is not None:  # +rms: the largest clip takes amax's place
+            t_amax = B.from_bits(jnp.max(lax.bitcast_convert_type(
+                B.to_bits(clip) & U32(B.ABS_MASK), jnp.int32)).astype(U32))
+        else:
+            t_amax = B.from_bits(jnp.max(amax_b))
         s_t = S.tensor_scale(t_amax, spec)
     lo_hi = None
     if isinstance(spec.elem, IntFormat) and spec.int_range == "asymmetric":
@@ -194,8 +213,11 @@ def quantize_groups(xg, spec: QuantSpec, rand, want_codes: bool, want: str | Non
         if lo_hi is not None:
             lo_hi = tuple(ieee.mul(v, ieee.div(best, ieee.maximum(amax, 1e-30))) for v in lo_hi)
         amax = best
-    sc = S.float_scales(xg, amax, spec, s_t, lo_hi)
-    out = _float_scaled_groups(xg, spec, rand, sc, want_codes, want)
+    if spec.clip == "4o6":
+        sc, out = _four_over_six(xg, amax, spec, s_t, rand, want_codes, want)
+    else:
+        sc = S.float_scales(xg, amax, spec, s_t, lo_hi)
+        out = _float_scaled_groups(xg, spec, rand, sc, want_codes, want)
     if spec.scale_format is None:
         stored = sc.dec
     else:
@@ -203,6 +225,29 @@ def quantize_groups(xg, spec: QuantSpec, rand, want_codes: bool, want: str | Non
         stored = E.encode_float(E.round_float(sc.block_scale, sf), sf).astype(
             jnp.uint16 if sf.storage_bits > 8 else jnp.uint8)
     return out, Scales(stored, sc.zero_point, s_t)
+
+
+def _four_over_six(xg, amax, spec: QuantSpec, s_t, rand, want_codes, want):
+    """Four Over Six (Cook et al., arXiv:2512.02010): each group is quantized with the block scale
+    of amax -> 6 and of amax -> 4 (same rounding, same random bits); the candidate with the
+    smaller sum of squared errors in x's units (`ieee` float32, `ieee.pairwise_sum`'s order) is
+    kept, the amax -> 6 one on ties (and on NaN errors)."""
+    cands = []
+    for divisor in (spec.elem.max_value, 4.0):
+        sc = S.float_scales(xg, amax, spec, s_t, None, divisor)
+        out = _float_scaled_groups(xg, spec, rand, sc, want_codes, want)
+        d = ieee.sub(out.y, xg)
+        cands.append((sc, out, ieee.pairwise_sum(ieee.mul(d, d), axis=-1, keepdims=True)))
+    (sc6, out6, err6), (sc4, out4, err4) = cands
+    four = err4 < err6
+
+    def pick(a, b):
+        return None if a is None else jnp.where(four, b, a)
+
+    sc = S.FloatScales(pick(sc6.enc, sc4.enc), pick(sc6.dec, sc4.dec), None,
+                       pick(sc6.block_scale, sc4.block_scale), sc6.tensor_scale)
+    out = Out(*(pick(a, b) for a, b in zip(out6, out4)))
+    return sc, out
 
 
 def _mse_ratios():

@@ -358,7 +358,7 @@ def run(quick: bool = False, *, kernels: bool = True, lowering: bool = True,
         cases += kernel_cases(QUICK_KERNEL_SPECS if quick else KERNEL_SPECS,
                               x[:8] if quick else x, device, interpret, key, quick)
     if lowering:
-        cases += lowering_cases(specs, (8, 256), key)
+        cases += lowering_cases(specs, (16, 256), key)  # 16 rows: 16x16 tiles
     results = []
     for case_name, fn in cases:
         r = _run_case(case_name, fn)
