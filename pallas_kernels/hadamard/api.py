@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +58,10 @@ def _run(x, block_size, key, axis, inverse, spec, rounding_key, launch):
     shape = xt.shape
     x2d = xt.reshape(-1, shape[-1]) if shape else xt.reshape(1, 1)
     m = _rotation(block_size, key, inverse)
+    post_len = math.prod(x.shape[axis + 1:])
     y = hadamard_pallas(x2d, m, rounding_key, hblock=block_size, spec=spec, launch=launch,
-                        out_dtype=jnp.dtype(x.dtype), interpret=launch.platform is None)
+                        out_dtype=jnp.dtype(x.dtype), interpret=launch.platform is None,
+                        post_len=post_len)
     return jnp.moveaxis(y.reshape(shape), -1, axis)
 
 

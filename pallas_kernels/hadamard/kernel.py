@@ -28,7 +28,7 @@ from pallas_kernels.quantize.kernel import quantize_tile
 U32 = B.U32
 
 
-def _kernel(*refs, hblock, a_len, tile, spec, stochastic):
+def _kernel(*refs, hblock, a_len, post_len, tile, spec, stochastic):
     it = iter(refs)
     x_ref, m_ref = next(it), next(it)
     key_ref = next(it) if stochastic else None
@@ -46,16 +46,28 @@ def _kernel(*refs, hblock, a_len, tile, spec, stochastic):
         c = j.astype(U32) * U32(tile[1]) + jax.lax.broadcasted_iota(U32, y.shape, 1)
         rand = None
         if key_ref is not None:
-            rand = B.hash_counter(r * U32(a_len) + c, key_ref[0, 0], key_ref[0, 1])
+            # The flat index of the element in the caller's layout (the rotated axis is moved
+            # last for the kernel: row r holds (p, q) = divmod(r, post_len)), so the random bits
+            # are `bitscale.fake_quant`'s whatever the axis.
+            if post_len == 1:
+                idx = r * U32(a_len) + c
+            else:
+                p, q = r // U32(post_len), r % U32(post_len)
+                idx = p * U32(a_len * post_len) + c * U32(post_len) + q
+            rand = B.hash_counter(idx, key_ref[0, 0], key_ref[0, 1])
         y = quantize_tile(y, c < U32(a_len), rand, spec, False, None)[0]
     o_ref[...] = y.astype(o_ref.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("hblock", "spec", "launch", "out_dtype",
-                                             "interpret"))
+                                             "interpret", "post_len"))
 def hadamard_pallas(x2d: jax.Array, m: jax.Array, rounding_key, *, hblock: int, spec,
-                    launch: Launch, out_dtype, interpret: bool) -> jax.Array:
-    """Rotates (and optionally fake-quantizes) a [rows, A] array along its last axis."""
+                    launch: Launch, out_dtype, interpret: bool, post_len: int = 1) -> jax.Array:
+    """Rotates (and optionally fake-quantizes) a [rows, A] array along its last axis.
+
+    ``post_len``: the product of the caller's axes after the rotated one (its rows are the
+    caller's other axes flattened with the rotated axis moved last); stochastic rounding indexes
+    its random bits by the caller's flat element index."""
     rows, a_len = x2d.shape
     tile = (launch.block_other, launch.block_axis)
     platform = launch.platform
@@ -67,8 +79,8 @@ def hadamard_pallas(x2d: jax.Array, m: jax.Array, rounding_key, *, hblock: int, 
         k0, k1 = B.key_words(rounding_key)
         inputs.append(jnp.stack([k0, k1]).reshape(1, 2))
         in_specs.append(pl.BlockSpec((1, 2), lambda i, j: (0, 0)))
-    kernel = functools.partial(_kernel, hblock=hblock, a_len=a_len, tile=tile, spec=spec,
-                               stochastic=rounding_key is not None)
+    kernel = functools.partial(_kernel, hblock=hblock, a_len=a_len, post_len=post_len,
+                               tile=tile, spec=spec, stochastic=rounding_key is not None)
     params = compiler_params(platform, num_warps=launch.num_warps, num_stages=launch.num_stages,
                              dimension_semantics=("parallel", "parallel"))
     return pl.pallas_call(portable_body(kernel),

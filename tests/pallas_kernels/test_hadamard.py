@@ -55,6 +55,19 @@ def test_fused_matches_composition(spec, rounding, interpret):
     assert _same(y, ref)
 
 
+@pytest.mark.parametrize("shape,axis", [((256, 20), 0), ((4, 128, 6), 1)])
+def test_fused_stochastic_bits_follow_the_callers_layout(shape, axis, interpret):
+    """Along a non-last axis the kernel sees the axis moved last; its random bits still index
+    the caller's flat element order, so it is bit for bit `bitscale.fake_quant`."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    rk = jax.random.key(9)
+    y = hadamard_fake_quant(x, 64, "mxfp4", key=KEY, axis=axis, rounding="stochastic",
+                            rounding_key=rk, implementation="pallas", interpret=interpret)
+    ref = bs.fake_quant(bs.hadamard_transform(x, 64, key=KEY, axis=axis), "mxfp4", axis=axis,
+                        rounding="stochastic", key=rk)
+    assert _same(y, ref)
+
+
 def test_fused_gradient_and_errors(interpret):
     x = jax.random.normal(jax.random.key(0), (8, 128))
     w = jax.random.normal(jax.random.key(1), (8, 128))

@@ -99,6 +99,15 @@ def test_hadamard_fake_quant_lowers(spec, rounding, platform):
     assert _lowers(f, (256, 512), jnp.float32, platform)
 
 
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_hadamard_fake_quant_lowers_along_a_leading_axis(platform):
+    # Stochastic rounding along axis 0 indexes the caller's layout with a divmod of the row.
+    f = lambda v: pk.hadamard_fake_quant(  # noqa: E731
+        v, 32, "mxfp4", key=KEY, axis=0, rounding="stochastic", rounding_key=KEY,
+        implementation="pallas")
+    assert _lowers(f, (256, 512), jnp.float32, platform)
+
+
 def test_hadamard_256_falls_back_on_gpu_but_lowers_on_tpu():
     # The 256x256 float32 matrix alone (256 KiB) exceeds an H100's shared memory.
     x = jnp.ones((16, 512))  # concrete arrays are made outside a lowering target
