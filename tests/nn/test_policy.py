@@ -177,8 +177,13 @@ def test_stochastic_rounding_needs_a_key_else_nearest():
 
 
 def test_named_policies():
-    assert set(bn.NAMED_POLICIES) == {"fp32", "bf16", "fp16", "layercast", "fp8", "mxfp4",
-                                      "nvfp4", "int8", "int4@g128"}
+    assert set(bn.NAMED_POLICIES) == {"fp32", "bf16", "bf16_mixed", "fp16", "layercast", "fp8",
+                                      "mxfp4", "nvfp4", "int8", "int4@g128", "quest_w4a4",
+                                      "quartet_mxfp4", "nvfp4_recipe", "quartet2_nvfp4",
+                                      "nvint4_rotated"}
+    mixed = bn.resolve_policy("bf16_mixed")
+    assert (mixed.param_dtype, mixed.act_dtype) == ("float32", "bfloat16")
+    assert mixed.rule_for("layers.0.mlp.up_proj").compute_dtype == "bfloat16"
     fp8 = bn.resolve_policy("fp8")
     r = fp8.rule_for("layers.3.attn.q_proj")
     assert r.weight.name == "fp8_e4m3@channel" and r.grad.name == "fp8_e5m2@channel"

@@ -9,9 +9,10 @@ from bitscale.nn._hf import from_hf, to_hf
 from bitscale.nn._layers import Embed, Linear, PackedWeight, RMSNorm
 from bitscale.nn._llama import Llama, apply, module_paths, with_policy
 from bitscale.nn._packed import packed_matmul
-from bitscale.nn._policy import (NAMED_POLICIES, PROJ, DotReduction, Policy, Rule,
+from bitscale.nn._policy import (NAMED_POLICIES, PROJ, DotReduction, Policy, Rotation, Rule,
                                   SumReduction, policy_names, register_policy,
                                   register_policy_family, resolve_policy)
+from bitscale.nn._recipes import RECIPE_POLICIES
 from bitscale.nn._ptq import mean_weight_bits, quantize_weights, weight_bits
 from bitscale.nn._qdot import make_dot_general, qdot, slot_key
 from bitscale.nn._sharding import (
@@ -20,10 +21,11 @@ from bitscale.nn._sharding import (
 
 __all__ = [
     "DEFAULT_AXIS_RULES", "DotReduction", "Embed", "KVCache", "Linear", "Llama", "MESH_AXES",
-    "ModelConfig", "NAMED_POLICIES", "PROJ", "PackedWeight", "Policy", "RMSNorm", "RopeScaling",
-    "Rule", "SumReduction", "apply", "batch_spec", "constrain", "dotted_path", "from_hf",
-    "init_cache", "logical_to_spec", "make_dot_general", "make_mesh", "mean_weight_bits",
-    "module_paths", "packed_matmul", "param_specs", "policy_names", "qdot", "quantize_weights",
-    "register_policy", "register_policy_family", "resolve_policy", "shard_model", "slot_key",
-    "softmax", "to_hf", "weight_bits", "with_policy",
+    "ModelConfig", "NAMED_POLICIES", "PROJ", "PackedWeight", "Policy", "RECIPE_POLICIES",
+    "RMSNorm", "RopeScaling", "Rotation", "Rule", "SumReduction", "apply", "batch_spec",
+    "constrain", "dotted_path", "from_hf", "init_cache", "logical_to_spec", "make_dot_general",
+    "make_mesh", "mean_weight_bits", "module_paths", "packed_matmul", "param_specs",
+    "policy_names", "qdot", "quantize_weights", "register_policy", "register_policy_family",
+    "resolve_policy", "shard_model", "slot_key", "softmax", "to_hf", "weight_bits",
+    "with_policy",
 ]

@@ -14,6 +14,15 @@ Backward, for output gradient ``g``:
 3. the forward fake-quant's estimator masks dX and dW (STE: identity);
 4. ``dX = Q_grad_lhs(dX)`` and ``dW = Q_grad_rhs(dW)``, along each operand's contraction axis.
 
+Rotations (`bitscale.nn.Rotation`): with ``rotation`` both forward operands are rotated by the
+same block Hadamard ``M`` along the contraction axis and quantized there (``Q(x M^T) . Q(w
+M^T)^T`` equals ``x . w^T`` without quantization); step 3 then masks in the rotated basis and
+the rotation's transpose takes dX and dW back. With ``grad_axis="contraction"`` each backward
+product has operands of its own: ``dgrad_rotation`` rotates dY and the weight along N before dY
+is quantized (``grad``) and the weight re-quantized (``bwd_weight``); ``wgrad_rotation`` rotates
+dY and the activation along the tokens before ``grad`` / ``bwd_act``. This is Quartet's
+``Q(E)Q(W^T) / Q(E^T)Q(X^T)`` backward and NVIDIA's random Hadamard on the Wgrad inputs.
+
 A rule's ``reduction`` hook (`bitscale.nn.Rule`), when set, computes the product in place of
 `lax.dot_general` (forward, and through its VJP backward): an emulated accumulation order or a
 batch-invariant tiling from `bitscale.repro`.
@@ -26,8 +35,9 @@ covers the spec and the estimator is the plain STE, and the products stay XLA do
 ``reduction`` hook); on a CPU, or with ``xla``, everything is XLA.
 
 Stochastic rounding needs random bits. `qdot` takes one key per model call; it folds in a hash of
-the module path and then a slot number (0: lhs, 1: rhs, 2: g, 3: dX, 4: dW), so every
-quantization point of every layer gets its own deterministic stream. Without a key, stochastic
+the module path and then a slot number (0: lhs, 1: rhs, 2: g, 3: dX, 4: dW, 5 / 6: the backward
+weight / activation, 7 / 8 / 9: the per-call signs of the forward / dgrad / wgrad rotations), so
+every quantization point of every layer gets its own deterministic stream. Without a key, stochastic
 rounding falls back to nearest rounding, with a warning when such a forward (``fwd_rounding``) or
 backward pass (``grad_rounding``) is traced; inference without a key is silent for rules that
 round only gradients stochastically.
@@ -51,15 +61,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from bitscale.numerics import fake_quant
+from bitscale.numerics.eden import ms_eden
 from bitscale.numerics.estimators import STE
 from bitscale.numerics.scaling import grouping
 from bitscale.numerics.specs import QuantSpec
+from bitscale.numerics.transforms import hadamard_transform
 from bitscale.nn._packed import pallas_kernels_module
-from bitscale.nn._policy import Rule
+from bitscale.nn._rule import Rotation, Rule
 
 DimensionNumbers = tuple[tuple[tuple[int, ...], tuple[int, ...]],
                          tuple[tuple[int, ...], tuple[int, ...]]]
-_SLOTS = 5
+_SLOTS = 10
+# Key slots: 0 lhs, 1 rhs, 2 g, 3 dX, 4 dW (rounding); 5 bwd weight, 6 bwd act (re-quantization);
+# 7 forward, 8 dgrad, 9 wgrad rotation signs.
+_ROT_SLOTS = {"rotation": 7, "dgrad_rotation": 8, "wgrad_rotation": 9}
 
 
 def path_key(key: jax.Array, path: str) -> jax.Array:
@@ -99,8 +114,11 @@ def _fq(rule: Rule, x, spec, axis, rounding, kd, slot, has_key, estimator=STE())
     return _fq_key(rule, x, spec, axis, kd[slot] if stochastic else None, estimator)
 
 
-def _fq_key(rule: Rule, x, spec, axis, key, estimator=STE()):
-    """fake_quant rounding stochastically with ``key``, to nearest when it is None."""
+def _fq_key(rule: Rule, x, spec, axis, key, estimator=STE(), eden_group: int | None = None):
+    """fake_quant rounding stochastically with ``key``, to nearest when it is None; MS-EDEN with
+    correction groups of ``eden_group`` when that is set (and there is a key)."""
+    if eden_group is not None and key is not None:
+        return ms_eden(x, key, axis=axis, spec=spec, group=eden_group)
     kw = dict(axis=axis, rounding="nearest" if key is None else "stochastic", key=key)
     if rule.implementation != "xla":
         kernels = pallas_kernels_module()
@@ -116,11 +134,70 @@ def _fq_key(rule: Rule, x, spec, axis, key, estimator=STE()):
     return fake_quant(x, spec, estimator=estimator, **kw)
 
 
-def _quant_operand(cfg: _Cfg, x, spec, axis, kd, slot):
-    """(fake-quantized x, its estimator VJP) or (x, None) when spec is None."""
-    if spec is None:
-        return x, None
+def _sign_key(cfg: _Cfg, kd, field: str) -> jax.Array | None:
+    """The random-sign key of the rule's rotation ``field``: None (plain Hadamard), the seed's
+    key (``fixed``; ``per_call`` without a model key) or the call's slot key (``per_call``)."""
+    rot: Rotation = getattr(cfg.rule, field)
+    if rot.signs == "none":
+        return None
+    if rot.signs == "per_call" and cfg.has_key:
+        return kd[_ROT_SLOTS[field]]
+    return jax.random.key_data(jax.random.key(rot.seed)).reshape(-1)[:2].astype(jnp.uint32)
+
+
+def _check_rotation(cfg: _Cfg, field: str, shape: tuple[int, ...], axis: int) -> None:
+    """A ValueError naming the layer, the rotation and the axis when the blocks do not tile it."""
+    rot: Rotation = getattr(cfg.rule, field)
+    n = shape[axis]
+    if n % rot.size:
+        raise ValueError(f"{cfg.path or 'qdot'}: rule {cfg.rule.pattern!r} {field} "
+                         f"{rot.name!r} (Hadamard blocks of {rot.size}) does not divide the axis "
+                         f"it rotates, of length {n} (operand shape {tuple(shape)}); use a "
+                         f"rotation size in 16..256 that divides {n}")
+
+
+def _rotate(cfg: _Cfg, x, field: str, kd, axis: int):
+    """x rotated along ``axis`` by the rule's rotation ``field`` (unchanged when it is None)."""
+    rot: Rotation | None = getattr(cfg.rule, field)
+    if rot is None:
+        return x
+    _check_rotation(cfg, field, x.shape, axis)
     r = cfg.rule
+    key = _sign_key(cfg, kd, field)
+    kernels = pallas_kernels_module() if r.implementation != "xla" else None
+    if kernels is not None:
+        return kernels.hadamard_transform(x, rot.size, key=key, axis=axis,
+                                          implementation=r.implementation, interpret=r.interpret)
+    return hadamard_transform(x, rot.size, key=key, axis=axis)
+
+
+def _rotated_fq(cfg: _Cfg, x, spec, axis, kd, slot):
+    """fake_quant(rotate(x)) of a forward operand; the fused rotation + quantization kernel where
+    the rule runs kernels and its estimator is the plain STE."""
+    r = cfg.rule
+    stochastic = r.fwd_rounding == "stochastic" and cfg.has_key
+    kernels = pallas_kernels_module() if r.implementation != "xla" else None
+    if kernels is not None and isinstance(r.estimator, STE):
+        _check_rotation(cfg, "rotation", x.shape, axis)
+        return kernels.hadamard_fake_quant(
+            x, r.rotation.size, spec, key=_sign_key(cfg, kd, "rotation"), axis=axis,
+            rounding="stochastic" if stochastic else "nearest",
+            rounding_key=kd[slot] if stochastic else None, implementation=r.implementation,
+            interpret=r.interpret)
+    return _fq(r, _rotate(cfg, x, "rotation", kd, axis), spec, axis, r.fwd_rounding, kd, slot,
+               cfg.has_key, r.estimator)
+
+
+def _quant_operand(cfg: _Cfg, x, spec, axis, kd, slot):
+    """(fake-quantized, rotated x, the VJP back to x) or (x, None) when neither applies. The
+    estimator masks the gradient in the rotated basis; the rotation's transpose maps it back."""
+    r = cfg.rule
+    if r.rotation is None and spec is None:
+        return x, None
+    if spec is None:
+        return jax.vjp(lambda a: _rotate(cfg, a, "rotation", kd, axis), x)
+    if r.rotation is not None:
+        return jax.vjp(lambda a: _rotated_fq(cfg, a, spec, axis, kd, slot), x)
     return jax.vjp(lambda a: _fq(r, a, spec, axis, r.fwd_rounding, kd, slot, cfg.has_key,
                                  r.estimator), x)
 
@@ -142,23 +219,24 @@ def _qdot_fwd(cfg: _Cfg, lhs, rhs, kd):
     lq, lvjp = _quant_operand(cfg, lhs, r.act, cfg.lhs_axis, kd, 0)
     rq, rvjp = _quant_operand(cfg, rhs, r.weight, cfg.rhs_axis, kd, 1)
     y = _dot(cfg, lq, rq)
-    lhs_for_dw = lhs if r.wgrad_act == "original" else lq
+    lhs_for_dw = lq
+    if r.wgrad_act == "original" and r.act is not None:
+        lhs_for_dw = _rotate(cfg, lhs, "rotation", kd, cfg.lhs_axis)
     return y, (lhs_for_dw, rq, lvjp, rvjp, kd)
 
 
 def _qdot_bwd(cfg: _Cfg, res, g):
     lhs_w, rq, lvjp, rvjp, kd = res
     r = cfg.rule
-    if (r.grad_rounding == "stochastic" and not cfg.has_key
-            and any(s is not None for s in (r.grad, r.grad_lhs, r.grad_rhs))):
+    if not cfg.has_key and (
+            (r.grad_rounding != "nearest"
+             and any(s is not None for s in (r.grad, r.grad_lhs, r.grad_rhs)))
+            or (r.bwd_rounding != "nearest" and (r.bwd_weight, r.bwd_act) != (None, None))):
         _warn_no_key(cfg, "gradients")
-    _, dot_vjp = jax.vjp(functools.partial(_dot, cfg), lhs_w, rq)
-    if r.grad is not None and r.grad_axis == "contraction":
-        k_dx, k_dw = _grad_keys(cfg, kd)
-        g_dx = _fq_key(r, g, r.grad, -1, k_dx)
-        g_dw = _fq_key(r, g.reshape(-1, g.shape[-1]), r.grad, 0, k_dw).reshape(g.shape)
-        dl, dr = dot_vjp(g_dx)[0], dot_vjp(g_dw)[1]
+    if r.grad_axis == "contraction" and _per_product(r):
+        dl, dr = _per_product_grads(cfg, lhs_w, rq, g, kd)
     else:
+        _, dot_vjp = jax.vjp(functools.partial(_dot, cfg), lhs_w, rq)
         if r.grad is not None:
             g = _fq(r, g, r.grad, -1, r.grad_rounding, kd, 2, cfg.has_key)
         dl, dr = dot_vjp(g)
@@ -176,10 +254,63 @@ def _qdot_bwd(cfg: _Cfg, res, g):
 _qdot.defvjp(_qdot_fwd, _qdot_bwd)
 
 
+def _per_product(rule: Rule) -> bool:
+    """True when the backward products get operands of their own (per-product gradient copies,
+    rotations or re-quantized forward operands)."""
+    return any(getattr(rule, f) is not None for f in (
+        "grad", "dgrad_rotation", "wgrad_rotation", "bwd_weight", "bwd_act"))
+
+
+def _per_product_grads(cfg: _Cfg, lhs_w, rq, g, kd):
+    """dX and dW of a projection, each product with its own operands: rotated along the axis it
+    contracts (N for dX, the tokens for dW), then quantized along that axis (``grad``, and
+    ``bwd_weight`` / ``bwd_act`` re-quantizing the forward's weight / activation)."""
+    r = cfg.rule
+    k_dx, k_dw = _grad_keys(cfg, kd)
+    n_axis = 1 - cfg.rhs_axis  # the weight's N axis (a projection's rhs is 2-D)
+    bwd_key = (lambda slot: kd[slot]) if (r.bwd_rounding != "nearest" and cfg.has_key) else (
+        lambda slot: None)
+
+    def operand(x, field, spec, axis, key, rounding):
+        eden_group = getattr(r, field).size if rounding == "eden" else None
+        return _rotated_quant(cfg, x, field, spec, axis, kd, key, eden_group)
+
+    # dX = dY . W, contracting N.
+    g_dx = operand(g, "dgrad_rotation", r.grad, g.ndim - 1, k_dx, r.grad_rounding)
+    w_dx = operand(rq, "dgrad_rotation", r.bwd_weight, n_axis, bwd_key(5), r.bwd_rounding)
+    dl = jax.vjp(functools.partial(_dot, cfg), lhs_w, w_dx)[1](g_dx)[0]
+    # dW = dY^T . X, contracting the tokens (every leading axis of dY, flattened).
+    g_dw = operand(g.reshape(-1, g.shape[-1]), "wgrad_rotation", r.grad, 0, k_dw,
+                   r.grad_rounding)
+    a_dw = operand(lhs_w.reshape(-1, lhs_w.shape[-1]), "wgrad_rotation", r.bwd_act, 0,
+                   bwd_key(6), r.bwd_rounding)
+    dr = jax.vjp(functools.partial(_dot, cfg), a_dw.reshape(lhs_w.shape), rq)[1](
+        g_dw.reshape(g.shape))[1]
+    return dl, dr
+
+
+def _rotated_quant(cfg: _Cfg, x, field: str, spec, axis: int, kd, key, eden_group):
+    """A backward operand: rotated by the rule's ``field`` along ``axis``, then quantized with
+    ``spec`` along it (stochastically with ``key``, MS-EDEN with ``eden_group``). One fused
+    rotation + fake-quant kernel where the rule runs kernels and the rounding is not MS-EDEN."""
+    r = cfg.rule
+    rot: Rotation | None = getattr(r, field)
+    fused = (spec is not None and rot is not None and eden_group is None
+             and r.implementation != "xla" and pallas_kernels_module() is not None)
+    if not fused:
+        x = _rotate(cfg, x, field, kd, axis)
+        return x if spec is None else _fq_key(r, x, spec, axis, key, eden_group=eden_group)
+    _check_rotation(cfg, field, x.shape, axis)
+    return pallas_kernels_module().hadamard_fake_quant(
+        x, rot.size, spec, key=_sign_key(cfg, kd, field), axis=axis,
+        rounding="nearest" if key is None else "stochastic", rounding_key=key,
+        implementation=r.implementation, interpret=r.interpret)
+
+
 def _grad_keys(cfg: _Cfg, kd) -> tuple[jax.Array | None, jax.Array | None]:
     """The dX and dW keys of ``grad_axis="contraction"``: ``fold_in(k, 0)`` and ``fold_in(k, 1)``
     of the gradient slot's key ``k`` (qmatmul's convention), or None (nearest rounding)."""
-    if cfg.rule.grad_rounding != "stochastic" or not cfg.has_key:
+    if cfg.rule.grad_rounding == "nearest" or not cfg.has_key:
         return None, None
     return jax.random.fold_in(kd[2], 0), jax.random.fold_in(kd[2], 1)
 
@@ -204,6 +335,10 @@ def _qmatmul_misfit(rule: Rule) -> str | None:
         (rule.fwd_rounding != "nearest", "stochastic forward rounding"),
         (rule.compute_dtype != "float32", f"compute_dtype={rule.compute_dtype!r}"),
         (rule.reduction is not None, "a reduction hook"),
+        (rule.rotated, "Hadamard rotations"),
+        (rule.bwd_weight is not None or rule.bwd_act is not None,
+         "re-quantized backward operands (bwd_weight / bwd_act)"),
+        (rule.grad_rounding == "eden", "MS-EDEN gradient rounding"),
     ]
     bad = [why for cond, why in checks if cond]
     return None if not bad else ", ".join(bad)
@@ -278,15 +413,21 @@ def qdot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: DimensionNumbers, ru
 
 
 def _stochastic_slots(rule: Rule) -> frozenset[int]:
-    """The slots (0 lhs, 1 rhs, 2 g, 3 dX, 4 dW) that round stochastically under ``rule``."""
-    specs = (rule.act, rule.weight, rule.grad, rule.grad_lhs, rule.grad_rhs)
-    rnd = (rule.fwd_rounding,) * 2 + (rule.grad_rounding,) * 3
-    return frozenset(i for i, (sp, r) in enumerate(zip(specs, rnd))
-                     if sp is not None and r == "stochastic")
+    """The key slots `qdot` draws from under ``rule``: those that round stochastically (0 lhs,
+    1 rhs, 2 g, 3 dX, 4 dW, 5 bwd weight, 6 bwd act) and the per-call rotation signs (7-9)."""
+    specs = (rule.act, rule.weight, rule.grad, rule.grad_lhs, rule.grad_rhs, rule.bwd_weight,
+             rule.bwd_act)
+    rnd = (rule.fwd_rounding,) * 2 + (rule.grad_rounding,) * 3 + (rule.bwd_rounding,) * 2
+    used = {i for i, (sp, r) in enumerate(zip(specs, rnd)) if sp is not None and r != "nearest"}
+    used |= {slot for field, slot in _ROT_SLOTS.items()
+             if getattr(rule, field) is not None and getattr(rule, field).signs == "per_call"}
+    return frozenset(used)
 
 
 def slot_key(key: jax.Array, path: str, slot: int) -> jax.Array:
-    """The uint32 key data `qdot` uses for ``slot`` (0 lhs, 1 rhs, 2 g, 3 dX, 4 dW) of ``path``.
+    """The uint32 key data `qdot` uses for ``slot`` (0 lhs, 1 rhs, 2 g, 3 dX, 4 dW, 5 / 6 the
+    re-quantized backward weight / activation, 7 / 8 / 9 the forward / dgrad / wgrad rotation
+    signs) of ``path``.
 
     Lets tests and tools reproduce the exact stochastic-rounding bits of a layer.
     """
