@@ -4,7 +4,8 @@ format, measured in the same run.
     python benchmarks/recipes_bench.py [--configs tiny,demo] [--batch 4] [--seq 128]
                                        [--repeats 3]
 
-A step is ``jax.value_and_grad`` of the next-token cross-entropy with respect to every parameter
+``tiny`` is configs/tiny.py with 4 KV heads (every projection 128-wide), ``demo`` the demo model
+(configs/demo.py). A step is ``jax.value_and_grad`` of the next-token cross-entropy with respect to every parameter
 (`model_bench.make_step`), jitted once, timed round-robin (`model_bench.time_interleaved`), the
 median over the rounds. Pairs (recipe : reference with the same element format, no rotation, no
 per-product backward):
@@ -24,6 +25,7 @@ everything is XLA fake quantization in float32.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 
@@ -59,7 +61,10 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    configs = {"tiny": tiny_config(), "demo": load_module(ROOT / "configs" / "demo.py").DEMO}
+    # Quartet II rotates dX's operands along N in 128-blocks: the tiny config's 64-wide k / v
+    # projections (2 KV heads) do not tile, so "tiny" here has 4 KV heads.
+    configs = {"tiny": dataclasses.replace(tiny_config(), num_kv_heads=4),
+               "demo": load_module(ROOT / "configs" / "demo.py").DEMO}
     backend = jax.default_backend()
     print(f"backend: {backend} ({jax.devices()[0].device_kind}); forward+backward of the mean "
           f"next-token cross-entropy, batch {args.batch} x {args.seq} tokens")
