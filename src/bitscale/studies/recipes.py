@@ -11,15 +11,18 @@ gap to ``bf16_mixed`` of the same seed, ranked, with the papers' orderings check
 
     python -m bitscale.studies.recipes [--out=runs/recipes] [--steps=300] [--seeds=0,1]
         [--recipes=bf16_mixed,nvfp4,...] [--eval_problems=200] [--config=<get_config file>]
+    python -m bitscale.studies.recipes --from_json=runs/recipes/results.json  # re-render
 
 The held-out loss is the teacher-forced cross-entropy of the test answers (target + EOS) under the
 recipe's own forward pass (`bitscale.train.evaluate.perplexity`, log taken). The final training
-loss is the mean over the last fifth of the logged steps. ``<out>/report.md`` gets the table and
-``<out>/loss_curves.png`` the training curves of the first seed.
+loss is the mean over the last fifth of the logged steps. ``<out>/report.md`` gets the table,
+``<out>/loss_curves.png`` the training curves of the first seed and ``<out>/results.json`` the
+numbers (``--from_json`` renders the report again from it).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pathlib
@@ -40,7 +43,8 @@ from bitscale.studies.report import markdown_table, plot_curves
 from bitscale.train import evaluate, train
 from bitscale.train.metrics import read_metrics
 
-__all__ = ["BASELINE", "CLAIMS", "RECIPES", "check_claims", "run", "section"]
+__all__ = ["BASELINE", "CLAIMS", "RECIPES", "TASK", "check_claims", "load_results", "run",
+           "save_results", "section", "study_config"]
 
 RECIPES = ("bf16_mixed", "fp32", "nvfp4", "nvfp4_recipe", "quartet2_nvfp4", "nvint4_rotated",
            "mxfp4", "quartet_mxfp4", "quest_w4a4")
@@ -61,7 +65,7 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
 """(lower, higher, source): the papers' ordering of the loss gaps to BF16, lower first."""
 
 
-def _study_config(config, policy: str, steps: int | None, seed: int) -> Any:
+def study_config(config, policy: str, steps: int | None, seed: int) -> Any:
     """The config file's ``get_config(policy)`` (the demo config with `TASK` when ``config`` is
     None) with ``seed`` and ``data.max_len`` rounded up so that a step's tokens (``batch x
     max_len``) are a multiple of 128: the recipes quantize and rotate dW's operands along the
@@ -118,14 +122,14 @@ def run(out: str | pathlib.Path, recipes: Sequence[str] = RECIPES, steps: int | 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = bdata.CharTokenizer()
-    base_cfg = _study_config(config, BASELINE, steps, seeds[0])
+    base_cfg = study_config(config, BASELINE, steps, seeds[0])
     task = bdata.make_task(base_cfg.data)
     test = task.generate("test", int(eval_problems), int(base_cfg.seed))
     eval_batch = min(100, len(test))
     runs: dict[str, list[dict[str, Any]]] = {r: [] for r in recipes}
     for seed in seeds:
         for i, name in enumerate(recipes, 1):
-            cfg = _study_config(config, name, steps, seed)
+            cfg = study_config(config, name, steps, seed)
             r = _train_one(cfg, out / name / f"seed{seed}", test, tok, eval_batch)
             runs[name].append(r)
             print(f"[seed {seed} {i}/{len(recipes)}] {name}: eval loss {r['eval_loss']:.4f}  "
@@ -143,9 +147,12 @@ def gaps(results: dict[str, Any], key: str = "eval_loss") -> dict[str, np.ndarra
 
 def check_claims(gap: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """Each `CLAIMS` ordering whose recipes both ran: the measured gaps, their difference with
-    its standard error over seeds (paired: the same seed's data), and a verdict: ``holds`` /
-    ``reversed`` when the difference exceeds two standard errors, else ``within noise``. One
-    seed gives no standard error: the verdict is then the sign alone, marked ``(1 seed)``."""
+    its standard error over seeds (paired: the same seed's data), and a verdict from a two-sided
+    paired t-test at 95%: ``holds`` / ``reversed`` when |difference| exceeds t(0.975, seeds - 1)
+    standard errors (12.7 for 2 seeds, 4.3 for 3), else ``within noise``. One seed gives no
+    standard error: the verdict is then the sign alone, marked ``(1 seed)``."""
+    from scipy import stats
+
     out = []
     for lower, higher, source in CLAIMS:
         if lower not in gap or higher not in gap:
@@ -153,13 +160,15 @@ def check_claims(gap: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         d = gap[lower] - gap[higher]  # < 0: the claim holds
         mean = float(d.mean())
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        direction = "same direction as the paper" if mean < 0 else "opposite direction"
         if len(d) == 1:
             verdict = ("holds" if mean < 0 else "reversed") + " (1 seed)"
-        elif abs(mean) <= 2 * se:
-            verdict = "within noise"
+        elif abs(mean) <= float(stats.t.ppf(0.975, len(d) - 1)) * se:
+            verdict = f"{direction}, within noise"
         else:
             verdict = "holds" if mean < 0 else "reversed"
-        out.append({"lower": lower, "higher": higher, "source": source,
+        t = mean / se if se and not math.isnan(se) else float("nan")
+        out.append({"lower": lower, "higher": higher, "source": source, "t": t,
                     "gap_lower": float(gap[lower].mean()), "gap_higher": float(gap[higher].mean()),
                     "diff": mean, "se": se, "verdict": verdict})
     return out
@@ -193,10 +202,11 @@ def section(results: dict[str, Any], heading: str = "##") -> str:
              f"{cfg.train.batch_size} on {task_words(cfg)}, seeds {seeds} (the same data stream "
              "per seed), with only the precision policy changed. Gaps are the recipe's minus "
              f"`{BASELINE}`'s of the same seed (mean ± sd over seeds); lower is better.")
-    checks = check_claims(g_eval)
+    checks = check_claims(g_eval)  # (seeds: used in the claim lines below)
     claim_lines = []
     for c in checks:
-        se = "" if math.isnan(c["se"]) else f" ± {c['se']:.4f}"
+        se = "" if math.isnan(c["se"]) else (
+            f" ± {c['se']:.4f}, t = {c['t']:.1f} with {len(seeds) - 1} df")
         claim_lines.append(
             f"- {c['source']}: `{c['lower']}` gap {c['gap_lower']:+.4f} vs `{c['higher']}` "
             f"{c['gap_higher']:+.4f}; difference {c['diff']:+.4f}{se} (paired over seeds): "
@@ -217,6 +227,23 @@ def section(results: dict[str, Any], heading: str = "##") -> str:
     return "\n".join(lines)
 
 
+def save_results(results: dict[str, Any], path: str | pathlib.Path) -> None:
+    """The measured numbers of `run` (per recipe and seed, curves included) as JSON, so that a
+    report can be rendered again (`load_results`) without retraining."""
+    data = {"runs": results["runs"], "recipes": results["recipes"], "seeds": results["seeds"],
+            "steps": int(results["cfg"].train.steps), "wall_s": results["wall_s"]}
+    pathlib.Path(path).write_text(json.dumps(data))
+
+
+def load_results(path: str | pathlib.Path, config: str | pathlib.Path | None = None
+                 ) -> dict[str, Any]:
+    """`save_results`' file back as `run`'s results (``out``: the file's directory)."""
+    path = pathlib.Path(path)
+    data = json.loads(path.read_text())
+    cfg = study_config(config, BASELINE, data["steps"], data["seeds"][0])
+    return {**data, "cfg": cfg, "out": path.parent}
+
+
 def define_flags() -> dict[str, flags.FlagHolder]:
     return {
         "out": flags.DEFINE_string("out", "runs/recipes", "Output directory."),
@@ -227,13 +254,19 @@ def define_flags() -> dict[str, flags.FlagHolder]:
         "eval_problems": flags.DEFINE_integer("eval_problems", 200, "Held-out problems."),
         "config": flags.DEFINE_string("config", None, "get_config(policy) file "
                                       "(default: configs/demo.py)."),
+        "from_json": flags.DEFINE_string("from_json", None, "Render the report of a saved "
+                                         "results.json instead of training."),
     }
 
 
 def main(args: dict[str, Any]) -> None:
-    results = run(args["out"], args["recipes"], args["steps"], args["seeds"],
-                  args["eval_problems"], args["config"])
+    if args.get("from_json"):
+        results = load_results(args["from_json"], args["config"])
+    else:
+        results = run(args["out"], args["recipes"], args["steps"], args["seeds"],
+                      args["eval_problems"], args["config"])
     out = results["out"]
+    save_results(results, out / "results.json")
     (out / "report.md").write_text("# bitscale: 4-bit training recipes\n\n" + section(results))
     print(f"wrote {out / 'report.md'} and {out / 'loss_curves.png'} in {results['wall_s']:.0f} s",
           flush=True)
