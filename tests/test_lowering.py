@@ -44,8 +44,8 @@ def test_every_spec_lowers_for_cuda_and_tpu_without_round_trips(spec):
                 out.append(bs.fake_quant(x, spec, rounding=rounding, key=kk))
                 out.append(bs.dequantize(bs.quantize(x, spec, rounding=rounding, key=kk)))
         return out
-    args = [jax.ShapeDtypeStruct((8, 256), jnp.float32),
-            jax.ShapeDtypeStruct((8, 256), jnp.bfloat16), KEY]
+    args = [jax.ShapeDtypeStruct((16, 256), jnp.float32),  # 16 rows: 16x16 2-D blocks tile
+            jax.ShapeDtypeStruct((16, 256), jnp.bfloat16), KEY]
     found = float_round_trips(export_text(f, args))
     assert not found, "\n".join(map(str, found))
 

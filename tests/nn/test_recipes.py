@@ -66,7 +66,10 @@ def _loss_and_grads(policy: str, tokens, key):
     return jax.value_and_grad(loss)(params)
 
 
-@pytest.mark.parametrize("name", RECIPES)
+# The two recipes that use every mechanism between them (forward and backward rotations, RMS
+# clip, headroom, SR, 4/6, MS-EDEN); all five lower forward + backward in tests/test_lowering.py
+# and train in `python -m bitscale.studies.recipes`.
+@pytest.mark.parametrize("name", ["quartet_mxfp4", "quartet2_nvfp4"])
 def test_recipe_trains_the_tiny_model(name):
     tokens = jax.random.randint(jax.random.key(0), (2, 65), 0, TINY.vocab_size)
     key = jax.random.key(1)

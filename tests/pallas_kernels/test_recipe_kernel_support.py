@@ -50,14 +50,19 @@ def test_quantize_and_hadamard_kernels_fall_back(spec):
     for fn in (kernel_fake_quant, kernel_quantize):
         with pytest.raises(ValueError, match=RECIPES[spec]):
             fn(x, spec, implementation="pallas", interpret=True)
-    assert _same(kernel_fake_quant(x, spec, implementation="auto", interpret=True),
-                 bs.fake_quant(x, spec))
-    q = kernel_quantize(x, spec, implementation="auto", interpret=True)
-    assert _same(bs.dequantize(q), bs.fake_quant(x, spec))
     with pytest.raises(ValueError, match=RECIPES[spec]):
         hadamard_fake_quant(x, 32, spec, implementation="pallas", interpret=True)
-    ref = bs.fake_quant(bs.hadamard_transform(x, 32), spec)
-    assert _same(hadamard_fake_quant(x, 32, spec, implementation="auto", interpret=True), ref)
+
+    @jax.jit  # one program: op-by-op dispatch of the quantizers costs seconds
+    def auto_and_reference(v):
+        auto = (kernel_fake_quant(v, spec, implementation="auto", interpret=True),
+                bs.dequantize(kernel_quantize(v, spec, implementation="auto", interpret=True)),
+                hadamard_fake_quant(v, 32, spec, implementation="auto", interpret=True))
+        ref = bs.fake_quant(v, spec)
+        return auto, (ref, ref, bs.fake_quant(bs.hadamard_transform(v, 32), spec))
+
+    for a, b in zip(*auto_and_reference(x)):
+        assert _same(a, b)
 
 
 @pytest.mark.parametrize("spec", RECIPES)
@@ -70,8 +75,10 @@ def test_qmatmul_falls_back(spec):
         assert re.search(RECIPES[spec], reason)
     with pytest.raises(ValueError, match=RECIPES[spec]):
         qmatmul(x, w, x_spec="mxfp4", w_spec=spec, implementation="pallas", interpret=True)
-    y = qmatmul(x, w, x_spec="mxfp4", w_spec=spec, implementation="auto", interpret=True)
-    assert _same(y, qmatmul_reference(x, w, x_spec="mxfp4", w_spec=spec))
+    y, ref = jax.jit(lambda a, b: (
+        qmatmul(a, b, x_spec="mxfp4", w_spec=spec, implementation="auto", interpret=True),
+        qmatmul_reference(a, b, x_spec="mxfp4", w_spec=spec)))(x, w)
+    assert _same(y, ref)
 
 
 @pytest.mark.parametrize("spec", ["nvfp4+rms", "nvfp4+4o6", "nvfp4_single+4o6", "mxfp4+rms",
