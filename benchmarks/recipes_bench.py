@@ -5,10 +5,10 @@ format, measured in the same run.
                                        [--repeats 3]
 
 ``tiny`` is configs/tiny.py with 4 KV heads (every projection 128-wide), ``demo`` the demo model
-(configs/demo.py). A step is ``jax.value_and_grad`` of the next-token cross-entropy with respect to every parameter
-(`model_bench.make_step`), jitted once, timed round-robin (`model_bench.time_interleaved`), the
-median over the rounds. Pairs (recipe : reference with the same element format, no rotation, no
-per-product backward):
+(configs/demo.py). A step is ``jax.value_and_grad`` of the next-token cross-entropy with
+respect to every parameter (`model_bench.make_step`), jitted once, timed round-robin
+(`model_bench.time_interleaved`), the median over the rounds. Pairs (recipe : reference with
+the same element format, no rotation, no per-product backward):
 
 * ``quest_w4a4``     : INT4 per row, absmax, plain STE (``int4@channel`` W4A4)
 * ``quartet_mxfp4``  : ``mxfp4`` (W/A/G in MXFP4, stochastic gradients)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -77,7 +78,9 @@ def weight_bits(model: Llama) -> dict[str, tuple[float, int]]:
         if isinstance(w, QArray):
             out[m.path] = (w.bits_per_element, w.size)
         elif m.rule is not None and m.rule.weight is not None:
-            out[m.path] = (quantize(w.T, m.rule.weight, axis=0).bits_per_element, w.size)
+            # Shapes only: the storage of the packing, without quantizing (eagerly) anything.
+            packed = jax.eval_shape(lambda v, s=m.rule.weight: quantize(v.T, s, axis=0), w)
+            out[m.path] = (packed.bits_per_element, w.size)
         else:
             out[m.path] = (float(jnp.dtype(w.dtype).itemsize * 8), w.size)
     return out

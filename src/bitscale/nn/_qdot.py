@@ -272,7 +272,8 @@ def _per_product_grads(cfg: _Cfg, lhs_w, rq, g, kd):
         lambda slot: None)
 
     def operand(x, field, spec, axis, key, rounding):
-        eden_group = getattr(r, field).size if rounding == "eden" else None
+        rot = getattr(r, field)
+        eden_group = rot.size if rounding == "eden" and rot is not None else None
         return _rotated_quant(cfg, x, field, spec, axis, kd, key, eden_group)
 
     # dX = dY . W, contracting N.
