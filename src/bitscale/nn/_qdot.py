@@ -171,23 +171,6 @@ def _rotate(cfg: _Cfg, x, field: str, kd, axis: int):
     return hadamard_transform(x, rot.size, key=key, axis=axis)
 
 
-def _rotated_fq(cfg: _Cfg, x, spec, axis, kd, slot):
-    """fake_quant(rotate(x)) of a forward operand; the fused rotation + quantization kernel where
-    the rule runs kernels and its estimator is the plain STE."""
-    r = cfg.rule
-    stochastic = r.fwd_rounding == "stochastic" and cfg.has_key
-    kernels = pallas_kernels_module() if r.implementation != "xla" else None
-    if kernels is not None and isinstance(r.estimator, STE):
-        _check_rotation(cfg, "rotation", x.shape, axis)
-        return kernels.hadamard_fake_quant(
-            x, r.rotation.size, spec, key=_sign_key(cfg, kd, "rotation"), axis=axis,
-            rounding="stochastic" if stochastic else "nearest",
-            rounding_key=kd[slot] if stochastic else None, implementation=r.implementation,
-            interpret=r.interpret)
-    return _fq(r, _rotate(cfg, x, "rotation", kd, axis), spec, axis, r.fwd_rounding, kd, slot,
-               cfg.has_key, r.estimator)
-
-
 def _quant_operand(cfg: _Cfg, x, spec, axis, kd, slot):
     """(fake-quantized, rotated x, the VJP back to x) or (x, None) when neither applies. The
     estimator masks the gradient in the rotated basis; the rotation's transpose maps it back."""
@@ -197,7 +180,9 @@ def _quant_operand(cfg: _Cfg, x, spec, axis, kd, slot):
     if spec is None:
         return jax.vjp(lambda a: _rotate(cfg, a, "rotation", kd, axis), x)
     if r.rotation is not None:
-        return jax.vjp(lambda a: _rotated_fq(cfg, a, spec, axis, kd, slot), x)
+        key = kd[slot] if r.fwd_rounding == "stochastic" and cfg.has_key else None
+        return jax.vjp(lambda a: _rotated_quant(cfg, a, "rotation", spec, axis, kd, key, None,
+                                                r.estimator), x)
     return jax.vjp(lambda a: _fq(r, a, spec, axis, r.fwd_rounding, kd, slot, cfg.has_key,
                                  r.estimator), x)
 
@@ -290,17 +275,21 @@ def _per_product_grads(cfg: _Cfg, lhs_w, rq, g, kd):
     return dl, dr
 
 
-def _rotated_quant(cfg: _Cfg, x, field: str, spec, axis: int, kd, key, eden_group):
-    """A backward operand: rotated by the rule's ``field`` along ``axis``, then quantized with
-    ``spec`` along it (stochastically with ``key``, MS-EDEN with ``eden_group``). One fused
-    rotation + fake-quant kernel where the rule runs kernels and the rounding is not MS-EDEN."""
+def _rotated_quant(cfg: _Cfg, x, field: str, spec, axis: int, kd, key, eden_group,
+                   estimator=STE()):
+    """An operand rotated by the rule's ``field`` along ``axis``, then quantized with ``spec``
+    along it (stochastically with ``key``, MS-EDEN with ``eden_group``, gradient through
+    ``estimator``). One fused rotation + fake-quant kernel where the rule runs kernels, the
+    rounding is not MS-EDEN and the estimator is the plain STE."""
     r = cfg.rule
     rot: Rotation | None = getattr(r, field)
     fused = (spec is not None and rot is not None and eden_group is None
-             and r.implementation != "xla" and pallas_kernels_module() is not None)
+             and isinstance(estimator, STE) and r.implementation != "xla"
+             and pallas_kernels_module() is not None)
     if not fused:
         x = _rotate(cfg, x, field, kd, axis)
-        return x if spec is None else _fq_key(r, x, spec, axis, key, eden_group=eden_group)
+        return x if spec is None else _fq_key(r, x, spec, axis, key, estimator,
+                                              eden_group=eden_group)
     _check_rotation(cfg, field, x.shape, axis)
     return pallas_kernels_module().hadamard_fake_quant(
         x, rot.size, spec, key=_sign_key(cfg, kd, field), axis=axis,
