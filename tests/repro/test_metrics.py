@@ -58,3 +58,37 @@ def test_metric_errors():
         repro.std_at_acc([])
     with pytest.raises(ValueError, match="no runs"):
         repro.group_divergence([])
+
+
+def test_logit_distance_against_a_written_out_kl():
+    """KL(p || q), max |log p - log q| and argmax flips, each written out with math."""
+    import math
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 5))
+    other = logits + rng.normal(scale=0.1, size=logits.shape)
+    other[1, 2] = logits[1, 2][::-1]                       # a position whose argmax moves
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    logq = other - np.log(np.exp(other).sum(-1, keepdims=True))
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    logit_distance = repro.logit_distance
+    d = logit_distance(logp, logq, mask)
+    kls, flips, diffs = [], [], []
+    for i in range(2):
+        for t in range(3):
+            if not mask[i, t]:
+                continue
+            p, q = [math.exp(v) for v in logp[i, t]], [math.exp(v) for v in logq[i, t]]
+            kls.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)))
+            flips.append(max(range(5), key=lambda j: p[j]) != max(range(5), key=lambda j: q[j]))
+            diffs += [abs(a - b) for a, b in zip(logp[i, t], logq[i, t])]
+    assert d["positions"] == 5
+    assert d["mean_kl"] == pytest.approx(sum(kls) / 5, rel=1e-12)
+    assert d["max_kl"] == pytest.approx(max(kls), rel=1e-12)
+    assert d["max_abs"] == pytest.approx(max(diffs), rel=1e-12)
+    assert d["argmax_flips"] == pytest.approx(sum(flips) / 5) and sum(flips) >= 1
+    assert d["problems_flipped"] == 0.5
+    same = logit_distance(logp, logp, mask)
+    assert same["mean_kl"] == 0 and same["max_abs"] == 0 and same["argmax_flips"] == 0
+    with pytest.raises(ValueError, match="shape"):
+        logit_distance(logp, logq[:, :2], mask)

@@ -164,3 +164,54 @@ def test_sampled_study_keys_each_problem_not_each_row():
     s3, _ = repro.greedy_outputs(inv, examples, tok, strategy="temperature:1.0", seed=3,
                                  batch_size=1, max_prompt_len=24, max_new_tokens=10)
     np.testing.assert_array_equal(s1, s3)
+
+
+def test_logit_distances_in_the_study(study):
+    """Every cell carries teacher-forced distances to the reference: zero for the
+    batch-invariant cells, positive for bf16; the reference's own row is exactly zero."""
+    cells = {c["cell"]: c for c in study["cells"]}
+    for name in ("fp32_batch_invariant/native/b1", "fp32_batch_invariant/native/b3"):
+        d = cells[name]["logits"]
+        assert d["mean_kl"] == 0.0 and d["max_abs"] == 0.0 and d["argmax_flips"] == 0.0
+    bf = cells["bf16/pairwise@bfloat16/b4"]["logits"]
+    assert bf["mean_kl"] > 0 and bf["max_abs"] > 0
+    assert bf["positions"] == sum(study["reference"]["lengths"])
+    md = repro.section(study)
+    assert "mean KL" in md and "`fp32_batch_invariant` over 2 cell(s): bit-identical" in md
+
+
+def test_teacher_forced_log_probs_match_the_sampler():
+    """The teacher-forced distribution at each sampled token gives the log-prob the sampler
+    recorded while decoding with its KV cache (an independent code path)."""
+    from bitscale import sampling
+
+    model = bn.Llama(SMALL, "fp32", rngs=nnx.Rngs(1))
+    tok = bdata.CharTokenizer()
+    examples = bdata.Arithmetic(digits=2).generate("test", 3, 0)
+    pb = next(bdata.prompt_batches(examples, tok, 3, 24))
+    out = sampling.sample(model, pb.prompt, pb.prompt_mask, strategy=sampling.parse_strategy(
+        "temperature:1.0"), key=jax.random.split(jax.random.key(0), 3), max_new_tokens=9,
+        eos_id=tok.eos_id, pad_id=tok.pad_id)
+    toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+    lp, mask = repro.teacher_forced_log_probs(model, examples, tok, (toks, lens), batch_size=2,
+                                              max_prompt_len=24)
+    assert lp.shape == (3, 9, SMALL.vocab_size) and mask.sum() == lens.sum()
+    picked = np.take_along_axis(lp, toks[..., None], -1)[..., 0]
+    np.testing.assert_allclose(picked[mask], np.asarray(out.log_probs)[mask], atol=2e-5)
+
+
+def test_batch_split_k_cell_depends_on_the_batch():
+    """``batch_split_k``: the split count follows the product's rows, so fp32 logits change
+    between batch 1 and 16 (a CPU's native GEMM does not), within float32 rounding."""
+    cell1 = repro.Cell("fp32", 1, "batch_split_k")
+    assert cell1.name == "fp32/batch_split_k/b1"
+    model = bn.Llama(SMALL, "fp32", rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.key(0), (16, 1), 3, 90)
+    forward = nnx.jit(lambda m, t: m(t))
+    one = bn.with_policy(model, cell1.make_policy())
+    a = np.asarray(forward(one, x[:1]))[0]
+    b = np.asarray(forward(one, x))[0]
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="native"):
+        repro.Cell("fp32", 1, "batch_split_q")

@@ -11,8 +11,8 @@
   (``layercast``: bf16 weights, fp32 compute). Build models with `make_model`, re-cast one with
   `with_policy`; ``<name>_batch_invariant`` names resolve in `bitscale.nn.resolve_policy`.
 * Divergence metrics of greedy outputs (`first_divergence`, `divergence`, `group_divergence`,
-  `std_at_acc`, `length_spread`). The study that runs a grid of runtime settings over a model
-  lives in `bitscale.studies.repro`
+  `std_at_acc`, `length_spread`) and of next-token distributions (`logit_distance`). The
+  study that runs a grid of runtime settings over a model lives in `bitscale.studies.repro`
   (``python -m bitscale.studies.repro --config=configs/repro.py``).
 
 References:
@@ -28,6 +28,7 @@ from bitscale.repro._metrics import (
     first_divergence,
     group_divergence,
     length_spread,
+    logit_distance,
     std_at_acc,
     summarize_indices,
 )
@@ -47,7 +48,8 @@ __all__ = [
     "ACC_DTYPES", "POLICIES", "BatchDependentSplitK", "BatchInvariance",
     "Reduction", "ReductionOrder", "RowTiledDot",
     "batch_dependent", "batch_invariant", "check_acc_dtype", "divergence", "divergence_curve",
-    "dot_general", "first_divergence", "group_divergence", "length_spread", "make_model",
+    "dot_general", "first_divergence", "group_divergence", "length_spread", "logit_distance",
+    "make_model",
     "matmul", "parse_order", "reduce_sum", "row_tile", "split_sizes", "std_at_acc",
     "summarize_indices", "with_policy", "with_reduction",
 ]

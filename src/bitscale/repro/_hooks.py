@@ -132,9 +132,10 @@ class BatchInvariance:
     Attributes:
       tile: rows (samples) per model tile: `bitscale.repro.make_model` builds a
         `bitscale.nn.Llama` with ``row_tile=tile``, which pads the batch to a multiple of
-        ``tile`` and runs the model one ``[tile, length]`` slice at a time. ``tile=1`` (default) computes every sample with
-        the identical batch-1 program: invariant in every op by construction, and on the tiny
-        CPU model within 1.15x of the batched model at batch 1 to 32
+        ``tile`` and runs the model one ``[tile, length]`` slice at a time. ``tile=1``
+        (default) computes every sample with the identical batch-1 program: invariant in
+        every op by construction, and on the tiny CPU model within 1.15x of the batched
+        model at batch 1 to 32
         (benchmarks/repro_bench.py). Larger tiles suit models whose batched GEMMs pay off
         (weights read once per tile instead of once per sample); they are batch-size invariant
         by construction and position invariant as far as the backend treats the rows of one

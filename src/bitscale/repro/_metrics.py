@@ -129,3 +129,39 @@ def divergence_curve(indices, max_len: int) -> list[float]:
     if idx.size == 0:
         return [0.0] * max_len
     return [float(np.mean((idx >= 0) & (idx <= t))) for t in range(max_len)]
+
+
+def logit_distance(reference_logp: Any, other_logp: Any, mask: Any) -> dict[str, Any]:
+    """How far two runs' next-token distributions are, on the same token sequences.
+
+    Args:
+      reference_logp, other_logp: float [N, T, V] log-probabilities (log-softmax of the logits)
+        of the two runs at the same positions of the same sequences (e.g. both teacher-forced
+        on the reference run's outputs).
+      mask: [N, T], nonzero on the positions that count.
+    Returns:
+      ``max_abs`` (largest |log p_ref - log p_other| over counted positions and the vocabulary),
+      ``mean_kl`` (KL(p_ref || p_other) in nats, averaged over counted positions; each
+      position's KL clipped at 0, which rounding of the log-softmax can cross), ``max_kl``,
+      ``argmax_flips`` (fraction of counted positions whose most likely token differs; ties go
+      to the lowest id), ``problems_flipped`` (fraction of problems with at least one flip) and
+      ``positions`` (how many counted). All 0 when nothing is counted.
+    """
+    ref = np.asarray(reference_logp, np.float64)
+    oth = np.asarray(other_logp, np.float64)
+    m = np.asarray(mask).astype(bool)
+    if ref.ndim != 3 or ref.shape != oth.shape or m.shape != ref.shape[:2]:
+        raise ValueError(f"logit_distance: need two [N, T, V] arrays and a [N, T] mask of one "
+                         f"shape, got {ref.shape}, {oth.shape} and {m.shape}")
+    if not (np.all(np.isfinite(ref[m])) and np.all(np.isfinite(oth[m]))):
+        raise ValueError("logit_distance: non-finite log-probabilities at counted positions")
+    if not m.any():
+        return {"max_abs": 0.0, "mean_kl": 0.0, "max_kl": 0.0, "argmax_flips": 0.0,
+                "problems_flipped": 0.0, "positions": 0}
+    r, o = ref[m], oth[m]                                          # [M, V]
+    kl = np.maximum(np.sum(np.exp(r) * (r - o), axis=-1), 0.0)  # >= 0 up to rounding
+    flips = np.zeros(m.shape, bool)
+    flips[m] = np.argmax(r, -1) != np.argmax(o, -1)
+    return {"max_abs": float(np.max(np.abs(r - o))), "mean_kl": float(np.mean(kl)),
+            "max_kl": float(np.max(kl)), "argmax_flips": float(np.mean(flips[m])),
+            "problems_flipped": float(np.mean(flips.any(1))), "positions": int(m.sum())}

@@ -4,14 +4,16 @@ Writes ``<out>/report.md`` (default ``runs/demo``) with one section per study, e
 models trained in the first:
 
 1. precision vs accuracy (`bitscale.studies.precision`): the same ~2M-parameter Llama trained on
-   2-digit addition with worked steps under fp32, bf16, fp8, mxfp4 and int4@g128, evaluated by
-   greedy accuracy, with a loss-curve plot;
+   2-digit addition and multiplication with worked steps (``configs/demo.py``: a task it does
+   not solve in its budget) under fp32, bf16, fp8, mxfp4 and int4@g128, evaluated by greedy
+   accuracy, with a loss-curve plot;
 2. test-time scaling (`bitscale.studies.tts`): N samples per held-out problem from every
-   recipe's model (shared-prefill best-of-N), pass@k, majority vote and imperfect-verifier
-   accuracy against k, K*;
-3. reproducibility (`bitscale.studies.repro`): the fp32 model's greedy outputs under other
-   precisions (bf16, fp16, LayerCast, fp8), batch sizes and emulated accumulation orders,
-   against the fp32 batch-1 reference, with the batch-invariant mode as control;
+   recipe's model (shared-prefill best-of-N), pass@k with power-law coverage fits, majority
+   vote and imperfect-verifier accuracy against k, K*;
+3. reproducibility (`bitscale.studies.repro`): the fp32 model's sampled outputs (the same key
+   per problem everywhere) under other precisions (bf16, fp16, LayerCast, fp8), batch sizes
+   and accumulation orders (a GPU-like batch-dependent split-K), against the fp32 batch-1
+   reference, with the batch-invariant mode as control, plus logit-level distances;
 4. RL in low precision (`bitscale.studies.rl`): GRPO vs MC-GRPO at G = 2 and 8 under bf16 and
    fp8, from an early (step ``RL_INIT_STEP``) checkpoint of the fp32 run, so there is reward
    left to gain;
@@ -41,16 +43,23 @@ from bitscale.train import restore_model
 __all__ = ["DemoBudget", "QUICK", "run", "section"]
 
 RL_INIT_STEP = 300  # configs/demo.py checkpoints every 100 steps
-# (policies, batch sizes, orders, accumulation dtypes) blocks of the reproducibility grid
+# (policies, batch sizes, orders, accumulation dtypes) blocks of the reproducibility grid.
+# On a CPU the native GEMM gives the same numbers at every batch size; ``batch_split_k``
+# emulates GPU GEMM heuristics whose split-K count follows the batch (8 splits at batch 1,
+# 1 at 16), the cause of batch-size nondeterminism the paper measures on GPUs.
 REPRO_GRID = (
     (("fp32", "bf16", "fp16", "layercast", "fp8", "fp32_batch_invariant"), (1, 16), ("native",),
      ("float32",)),
-    (("bf16",), (16,), ("split_k:4",), ("float32", "bfloat16")),
+    (("fp32", "bf16"), (1, 16), ("batch_split_k",), ("float32",)),
 )
 QUICK_REPRO_GRID = (
     (("fp32", "bf16", "fp32_batch_invariant"), (1, 4), ("native",), ("float32",)),
-    (("bf16",), (4,), ("split_k:4",), ("bfloat16",)),
+    (("bf16",), (4,), ("batch_split_k",), ("float32",)),
 )
+# Sampled decoding, the same key per problem in every cell: a numerical difference changes an
+# output when it moves a sampled token across its boundary, which greedy decoding of a small,
+# confident model almost never does (the logit-level distances are reported either way).
+REPRO_DECODING = "temperature:1.0"
 REPRO_TITLE = "Reproducibility: precision, batch size and reduction order"
 
 
@@ -137,7 +146,8 @@ def run(out: str | pathlib.Path, budget: DemoBudget = DemoBudget()) -> dict[str,
     repro_results = repro.run(
         base["model"], task, tok, prec["test"][:budget.repro_problems], grid,
         max_prompt_len=max_prompt, max_new_tokens=max_new,
-        progress=lambda msg: print(f"[repro] {msg}", flush=True))
+        progress=lambda msg: print(f"[repro] {msg}", flush=True), strategy=REPRO_DECODING,
+        seed=int(cfg.seed))
     repro_results["model_recipe"] = base["recipe"]
 
     model, rl_cfg = _rl_start(prec, budget.quick)
@@ -149,12 +159,15 @@ def run(out: str | pathlib.Path, budget: DemoBudget = DemoBudget()) -> dict[str,
 
 
 def _repro_intro(result: dict[str, Any]) -> str:
-    return (f"Greedy decoding of the `{result['model_recipe']}` model of the precision study on "
+    return (f"Decoding ({result['decoding']}, the same key per problem in every cell) of the "
+            f"`{result['model_recipe']}` model of the precision study on "
             f"{result['n_problems']} held-out problems, re-run under each cell's "
             "precision policy, batch size and (emulated) matmul accumulation order, and "
             "compared token by token with the fp32 batch-1 run (Yuan et al., \"Give Me FP32 "
             "or Give Me Death?\", arXiv:2506.09501). `fp32_batch_invariant` runs every row "
-            "through the same batch-1 program, so its outputs cannot depend on the batch.")
+            "through the same batch-1 program, so its outputs cannot depend on the batch; "
+            "`batch_split_k` cells emulate a GPU GEMM whose split-K count follows the batch "
+            "size (a CPU's own GEMM gives the same numbers at every batch size).")
 
 
 def section(results: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 from flax import nnx
@@ -63,6 +64,7 @@ __all__ = ["NATIVE", "Cell", "greedy_outputs", "load_model", "make_grid", "run_f
            "run", "section", "write_report"]
 
 NATIVE = "native"
+BATCH_SPLIT_K = "batch_split_k"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +74,11 @@ class Cell:
     Attributes:
       policy: a policy name (`bitscale.nn.resolve_policy`, repro names included).
       batch_size: evaluation batch size (prompts are always padded to the same length).
-      order: ``native`` (one `lax.dot_general`) or an emulated order for every matmul
-        (``sequential``, ``pairwise``, ``split_k:<s>``).
+      order: ``native`` (one `lax.dot_general`), an emulated order for every matmul
+        (``sequential``, ``pairwise``, ``split_k:<s>``), or ``batch_split_k``: split-K whose
+        split count follows the rows of each product, as GPU GEMM heuristics pick it
+        (`bitscale.repro.BatchDependentSplitK`: 8 splits at batch 1, 1 at batch >= 16 in
+        decoding), so the numerics change with the batch size.
       acc_dtype: accumulation dtype of the emulated order (``native`` needs float32).
     """
 
@@ -87,12 +92,18 @@ class Cell:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         object.__setattr__(self, "acc_dtype", repro.check_acc_dtype(self.acc_dtype))
-        if self.order == NATIVE:
+        if self.order == BATCH_SPLIT_K:
+            pass
+        elif self.order == NATIVE:
             if self.acc_dtype != "float32":
                 raise ValueError("the native order accumulates as the backend does; an "
                                  f"accumulation dtype ({self.acc_dtype}) needs an emulated order")
         else:
-            object.__setattr__(self, "order", str(repro.parse_order(self.order)))
+            try:
+                order = repro.parse_order(self.order)
+            except ValueError as e:
+                raise ValueError(f"{e} (or {NATIVE!r} / {BATCH_SPLIT_K!r})") from None
+            object.__setattr__(self, "order", str(order))
 
     @property
     def config(self) -> str:
@@ -108,6 +119,9 @@ class Cell:
         policy = resolve_policy(self.policy)
         if self.order == NATIVE:
             return policy
+        if self.order == BATCH_SPLIT_K:
+            return repro.with_reduction(policy, repro.BatchDependentSplitK(
+                acc_dtype=self.acc_dtype), name=f"{policy.name}+{self.order}")
         return repro.with_reduction(policy, repro.Reduction(self.order, self.acc_dtype),
                               name=f"{policy.name}+{self.order}")
 
@@ -156,6 +170,38 @@ def greedy_outputs(model, examples: Sequence[Example], tokenizer: Tokenizer, *,
     return np.concatenate(toks), np.concatenate(lens)
 
 
+@nnx.jit
+def _log_probs(model, tokens, mask):
+    return jax.nn.log_softmax(model(tokens, attention_mask=mask).astype(jnp.float32), axis=-1)
+
+
+def teacher_forced_log_probs(model, examples: Sequence[Example], tokenizer: Tokenizer,
+                             outputs: tuple[np.ndarray, np.ndarray], *, batch_size: int,
+                             max_prompt_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(log_probs float32 [N, T, V], mask bool [N, T])``: the model's next-token distribution
+    at every generated position of ``outputs`` (``(tokens [N, T], lengths [N])``, e.g. the
+    reference run's), fed prompt + output in one forward pass per batch of the
+    `greedy_outputs` shape. Position ``t`` is the distribution of output token ``t`` given the
+    prompt and tokens ``< t``; ``mask`` marks ``t < length``. These are the numerics of a
+    prefill (all positions in one pass), not of cached token-by-token decoding: a reduction
+    that depends on a product's rows (``batch_split_k``) differs between the two."""
+    toks, lens = np.asarray(outputs[0]), np.asarray(outputs[1])
+    n, t = toks.shape
+    if len(examples) != n or lens.shape != (n,):
+        raise ValueError(f"teacher_forced_log_probs: {len(examples)} examples but outputs of "
+                         f"shape {toks.shape} / lengths {lens.shape}")
+    valid = np.arange(t)[None] < lens[:, None]
+    out = []
+    for pb in prompt_batches(examples, tokenizer, batch_size, max_prompt_len):
+        idx = np.minimum(np.arange(pb.start, pb.start + batch_size), pb.start + pb.real - 1)
+        seq = np.concatenate([pb.prompt, np.where(valid[idx], toks[idx], tokenizer.pad_id)], 1)
+        mask = np.concatenate([pb.prompt_mask, valid[idx]], 1).astype(np.int32)
+        lp = _log_probs(model, jnp.asarray(seq, jnp.int32), jnp.asarray(mask))
+        p = pb.prompt.shape[1]
+        out.append(np.asarray(lp[:, p - 1:p + t - 1])[:pb.real])
+    return np.concatenate(out), valid
+
+
 def _check(task, tokenizer: Tokenizer, tokens: np.ndarray, example: Example) -> bool:
     """``task.check`` of the decoded output; False when the output holds ids the tokenizer
     cannot decode (an untrained model whose vocabulary is larger than the tokenizer's)."""
@@ -178,7 +224,7 @@ def _evaluate(model, cell: Cell, examples, task, tokenizer, max_prompt_len: int,
             "order": cell.order, "acc_dtype": cell.acc_dtype, "batch_size": cell.batch_size,
             "accuracy": float(np.mean(correct)), "correct": correct,
             "lengths": lens.tolist(), "mean_length": float(np.mean(lens)),
-            "seconds": time.perf_counter() - t0, "_outputs": (toks, lens)}
+            "seconds": time.perf_counter() - t0, "_outputs": (toks, lens), "_model": cell_model}
 
 
 def _group(rows: list[dict]) -> dict[str, Any]:
@@ -233,12 +279,19 @@ def run(model: bnn.Llama, task: Any, tokenizer: Tokenizer, examples: Sequence[Ex
     reference = reference or Cell("fp32", min(c.batch_size for c in grid))
     say = progress or (lambda line: None)
     done: dict[Cell, dict] = {}
+    ref_lp = None
     for i, cell in enumerate([reference] + [c for c in grid if c != reference]):
-        done[cell] = _evaluate(model, cell, examples, task, tokenizer, max_prompt_len,
-                               max_new_tokens, strategy, seed)
-        r = done[cell]
+        done[cell] = r = _evaluate(model, cell, examples, task, tokenizer, max_prompt_len,
+                                   max_new_tokens, strategy, seed)
+        # every cell's next-token distributions on the reference's outputs (teacher forced)
+        lp, mask = teacher_forced_log_probs(
+            r.pop("_model"), examples, tokenizer, done[reference]["_outputs"],
+            batch_size=cell.batch_size, max_prompt_len=max_prompt_len)
+        ref_lp = lp if ref_lp is None else ref_lp
+        r["logits"] = repro.logit_distance(ref_lp, lp, mask)
         say(f"[{i + 1}/{len(grid) + (reference not in grid)}] {cell.name}: accuracy "
-            f"{r['accuracy']:.3f}, mean length {r['mean_length']:.1f} ({r['seconds']:.1f} s)")
+            f"{r['accuracy']:.3f}, mean length {r['mean_length']:.1f}, mean KL to the "
+            f"reference {r['logits']['mean_kl']:.2e} ({r['seconds']:.1f} s)")
     ref = done[reference]["_outputs"]
     for r in done.values():
         d = repro.divergence(ref, r["_outputs"])
@@ -268,16 +321,42 @@ def _div(s: dict) -> str:
     return "-" if not s["count"] else f"{s['median']:.0f} [{s['min']}, {s['max']}]"
 
 
+def findings(result: dict[str, Any]) -> list[str]:
+    """Bullet lines reading the grid: per policy, how many problems diverged from the
+    reference and how far its distributions moved, each stated from the numbers (an effect
+    that is absent is said to be absent)."""
+    lines = ["- **Reading** (computed from the tables above):"]
+    for p in result["by_policy"]:
+        rows = [r for r in result["cells"] if r["policy"] == p]
+        div = [r["diverged_fraction"] for r in rows]
+        kl = [r.get("logits", {}).get("mean_kl", 0.0) for r in rows]
+        flips = [r.get("logits", {}).get("argmax_flips", 0.0) for r in rows]
+        if max(div) == 0 and max(kl) == 0:
+            what = "bit-identical to the reference in every cell (no divergence, KL 0)"
+        elif max(div) == 0:
+            what = (f"no output diverged, though the distributions moved (mean KL up to "
+                    f"{max(kl):.1e}, argmax flips up to {max(flips):.4f})")
+        else:
+            what = (f"{min(div):.0%}–{max(div):.0%} of problems diverged (mean KL "
+                    f"{min(kl):.1e}–{max(kl):.1e})")
+        lines.append(f"  - `{p}` over {len(rows)} cell(s): {what}.")
+    return lines
+
+
 def section(result: dict[str, Any], *, title: str = "bitscale: reproducibility study",
             intro: str = "", heading: str = "#") -> str:
     """The study report as markdown (three tables plus notes); ``heading`` is the title's
     markdown level (subsections get one more ``#``)."""
     ref = result["reference"]["cell"]
+    def logits(r: dict, key: str, fmt: str = "{:.2e}") -> str:
+        return _f(r.get("logits", {}).get(key), fmt)
+
     cells = markdown_table(
         ("cell", "accuracy", "mean length", "diverged vs ref", "first divergence median "
-         "[min, max]", "seconds"),
+         "[min, max]", "mean KL", "max abs Δ log p", "argmax flips", "seconds"),
         [[f"`{r['cell']}`", _f(r["accuracy"]), _f(r["mean_length"], "{:.1f}"),
           _f(r["diverged_fraction"]), _div(r["first_divergence_summary"]),
+          logits(r, "mean_kl"), logits(r, "max_abs"), logits(r, "argmax_flips", "{:.4f}"),
           _f(r["seconds"], "{:.1f}")] for r in result["cells"]])
 
     def group_rows(groups: dict) -> list[list[str]]:
@@ -307,6 +386,15 @@ def section(result: dict[str, Any], *, title: str = "bitscale: reproducibility s
         "token (per problem, earliest over the group). **Std@Acc**: sample standard deviation "
         "of accuracy over the group's cells. **Avg_Std@length**: per-problem standard deviation "
         "of output length over the cells, averaged over problems.",
+        "- **Logit-level distance** (teacher forced: every cell reads the reference cell's "
+        "outputs at its own batch size): **mean KL** = KL(p_ref || p_cell) per generated "
+        "position in nats, **max abs Δ log p** over positions and vocabulary, **argmax flips** "
+        "= fraction of positions whose most likely token changes. It shows numerical "
+        "differences too small to change a sampled or greedy token. These are prefill "
+        "numerics (one pass over prompt + output), so `batch_split_k` cells, whose split "
+        "count follows the rows of a product, differ from fp32 only in token-by-token "
+        "decoding (their outputs), not here.",
+        *findings(result),
     ]
     sub = heading + "#"
     parts = [f"{heading} {title}", ""]
