@@ -71,3 +71,28 @@ def test_cli_requires_checkpoint(tmp_path):
                            f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={tmp_path}"],
                           env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode != 0 and "checkpoint" in proc.stderr
+
+
+def test_analyze_fit_error_and_reading():
+    """On a verdict grid whose problems have known rates, the curve is the unbiased pass@k,
+    the fit's max_error is |exp(a k^b) - pass@k| written out, and the reading states the rise,
+    a saturated curve and a flat one."""
+    rng = np.random.default_rng(0)
+    rates = np.repeat([0.0, 0.02, 0.1, 0.4, 0.9], 8)
+    correct = rng.random((40, 64)) < rates[:, None]
+    samples = {"correct": correct, "answers": np.where(correct, 7, 3).astype(np.int32),
+               "weak": correct, "seq_logp": np.zeros((40, 64), np.float32),
+               "finished": np.ones((40, 64), bool)}
+    settings = tts_study.TTSSettings(n=64)
+    r = tts_study.analyze(samples, settings)
+    want = [np.mean([tts.pass_at_k_np(64, int(c), k) for c in correct.sum(1)])
+            for k in settings.ks]
+    np.testing.assert_allclose(r["coverage"], want, atol=1e-6)
+    a, b = r["fit"]["a"], r["fit"]["b"]
+    err = max(abs(np.exp(a * k ** b) - c) for k, c in zip(settings.ks, want) if 0 < c < 1)
+    assert r["fit"]["max_error"] == pytest.approx(err, abs=1e-6)
+    flat = dict(r, coverage=[0.25] * len(r["ks"]))
+    full = dict(r, coverage=r["coverage"][:-1] + [1.0])
+    lines = tts_study.reading({"rising": r, "flat": flat, "full": full}, 64)
+    assert f"rises from {want[0]:.3f} (k=1) to {want[-1]:.3f} (k=64)" in lines[1]
+    assert "does not rise" in lines[2] and "saturates" in lines[3]

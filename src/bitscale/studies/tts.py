@@ -130,7 +130,8 @@ def analyze(samples: dict, settings: TTSSettings) -> dict:
 
     Returns a dict with ``ks``; ``coverage`` (pass@k, unbiased) with bootstrap ``coverage_lo`` /
     ``coverage_hi`` (95%, over problems) and the power-law ``fit`` (a, b; None when the curve is
-    saturated); selection accuracy with k samples (averaged over 16 random k-subsets):
+    saturated; ``max_error``: its largest |fit - pass@k| over the points in (0, 1)); selection
+    accuracy with k samples (averaged over 16 random k-subsets):
     ``majority``, ``logprob_vote``, ``verifier`` (first sample the imperfect verifier accepts)
     and ``weak_verifier`` (first sample passing the residue check); ``limit`` (the k -> inf
     accuracy of resampling with the imperfect verifier, averaged over problems, closed form);
@@ -149,6 +150,9 @@ def analyze(samples: dict, settings: TTSSettings) -> dict:
     try:
         fit = tts.fit_power_law(ks, cov, saturated="drop")
         fit = {"a": float(fit.a), "b": float(fit.b)}
+        pts = (cov > 0) & (cov < 1)  # the points a power law in (0, 1) can fit
+        fit["max_error"] = float(np.max(np.abs(
+            np.exp(fit["a"] * np.asarray(ks, np.float64)[pts] ** fit["b"]) - cov[pts])))
     except ValueError:  # fewer than two unsaturated points
         fit = None
     answers = np.asarray(samples["answers"])
@@ -255,8 +259,32 @@ def section(results: dict[str, Any], heading: str = "##") -> str:
          f"**K\\***: the number of samples maximising expected utility (+1 per correct answer, "
          f"-{settings.fp_cost:g} per accepted wrong one) for this mixture of problems "
          "(Inference Scaling fLaws)."),
+        *reading(per_recipe, n),
         "", "![pass@k](pass_at_k.png)", "", "![selection](selection.png)", ""]
     return "\n".join(lines)
+
+
+def reading(per_recipe: Mapping[str, dict], n: int) -> list[str]:
+    """Bullet lines stating, per recipe, what the curves show (computed from them): how far
+    pass@k rises, how well the power law fits, and how close the imperfect verifier gets to its
+    limit; a saturated or flat curve is said to be one."""
+    lines = ["- **Reading** (computed from the table):"]
+    for name, r in per_recipe.items():
+        p1, pn = r["coverage"][0], r["coverage"][-1]
+        if pn >= 1.0:
+            rise = f"pass@k saturates (pass@{n} = 1.000): no coverage left to gain"
+        elif pn <= p1:
+            rise = f"pass@k does not rise ({p1:.3f} at k=1 and {pn:.3f} at k={n})"
+        else:
+            ratio = f" ({pn / p1:.1f}x)" if p1 > 0 else ""
+            rise = f"pass@k rises from {p1:.3f} (k=1) to {pn:.3f} (k={n}){ratio}"
+        fit = r.get("fit")
+        fit_s = ("no power-law fit (fewer than two unsaturated points)" if fit is None else
+                 f"the power law fits within {fit.get('max_error', float('nan')):.3f}")
+        ver = (f"verifier@{n} {r['verifier'][-1]:.3f} vs its k -> inf limit "
+               f"{r['limit']:.3f}")
+        lines.append(f"  - `{name}`: {rise}; {fit_s}; {ver}.")
+    return lines
 
 
 def run_checkpoint(cfg: Any, checkpoint: str, workdir: str, settings: TTSSettings, *,
