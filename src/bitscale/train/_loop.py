@@ -6,6 +6,10 @@ dispatched (and before every checkpoint); a non-finite loss or gradient norm rai
 step, before anything containing it is saved. Checkpoints hold the whole state plus the data
 stream position, so a run killed at any point and restarted with the same command ends
 bit-identical to an uninterrupted one. Checkpoint ``s`` holds the state after ``s`` updates.
+
+Data: ``cfg.data.train_examples = 0`` (or absent) streams fresh examples of the task forever;
+``n > 0`` trains on the finite pool ``task.generate(split, n, seed)``, reshuffled every epoch
+(`bitscale.data.batches`), e.g. to study over-training on a fixed set.
 """
 
 from __future__ import annotations
@@ -29,12 +33,26 @@ from bitscale.train.sections import RunConfig
 from bitscale.train._state import create_train_state, make_optimizer, make_schedule
 from bitscale.train._step import BATCH_FIELDS, make_train_step
 
-__all__ = ["train"]
+__all__ = ["train", "train_source"]
 
 
 def _stack(arrays: dict, accum: int) -> dict:
     return {k: np.asarray(arrays[k]).reshape(accum, -1, *arrays[k].shape[1:])
             for k in BATCH_FIELDS}
+
+
+def train_source(task: Any, data: Any, seed: int) -> Any:
+    """What the loop streams: ``task`` itself (``data["train_examples"]`` 0 or absent: fresh
+    examples forever) or the finite pool ``task.generate(data["split"], n, seed)`` (n > 0).
+
+    Raises:
+      ValueError: ``train_examples`` is not an int >= 0.
+    """
+    n = data.get("train_examples", 0)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"cfg.data.train_examples must be an int >= 0 (0: an infinite stream of "
+                         f"fresh examples; n > 0: a finite pool of n examples), got {n!r}")
+    return task.generate(data["split"], int(n), seed) if n > 0 else task
 
 
 def train(config: Any, workdir: str, *, mesh: Mesh | None = None,
@@ -60,6 +78,7 @@ def train(config: Any, workdir: str, *, mesh: Mesh | None = None,
     run = RunConfig.of(config)
     t = run.train
     task = bdata.make_task(run.data)
+    source = train_source(task, run.data, run.seed)
     mesh = mesh if mesh is not None else run.mesh.make()
     os.makedirs(workdir, exist_ok=True)
     tx = make_optimizer(run.optim, t.steps, seed=run.seed)
@@ -82,7 +101,7 @@ def train(config: Any, workdir: str, *, mesh: Mesh | None = None,
                         log_every=t.log_every, checkpoint_every=t.checkpoint_every,
                         stop_after=t.stop_after)
     d = run.data
-    stream = bdata.batches(task, d["split"], t.batch_size, run.seed, bdata.CharTokenizer(),
+    stream = bdata.batches(source, d["split"], t.batch_size, run.seed, bdata.CharTokenizer(),
                            max_prompt_len=d["max_prompt_len"], max_len=d["max_len"],
                            start=position, loss_on=d.get("loss_on", "answer"))
     s = start
