@@ -34,23 +34,12 @@ from bitscale.laws._fit import (
     make_fit,
     multistart_fit,
 )
-from bitscale.laws._runs import Run, check_runs, runs_column
+from bitscale.laws._runs import Run, check_runs, check_values, runs_column
 
 __all__ = ["KumarLaw", "ptq_degradation"]
 
 _BITS = ("w_bits", "a_bits", "kv_bits")
 _GAMMAS = ("gamma_w", "gamma_a", "gamma_kv")
-
-
-def _check_positive(name: str, x: Any, *, fn: str, allow_inf: bool = False) -> None:
-    if isinstance(x, jax.core.Tracer):
-        return
-    v = np.asarray(x, np.float64)
-    ok = (v > 0) & (np.isfinite(v) | (allow_inf & (v == np.inf)))
-    if not np.all(ok):
-        bad = v[~ok].reshape(-1)[0]
-        what = "> 0 (or +inf for unquantized)" if allow_inf else "finite and > 0"
-        raise ValueError(f"{fn}: {name} must be {what}, got {float(bad)!r}")
 
 
 def _log_one_minus_exp(bits: jax.Array, gamma: jax.Array) -> jax.Array:
@@ -95,7 +84,7 @@ class KumarLaw:
                          kv_bits: Any = None) -> jax.Array:
         """N_eff for bit widths (None or +inf: unquantized), broadcast over the inputs."""
         fn = "KumarLaw.effective_params"
-        _check_positive("n_params", n_params, fn=fn)
+        check_values("n_params", n_params, fn=fn)
         log_n = jnp.log(jnp.asarray(n_params))
         for name, gname, bits in zip(_BITS, _GAMMAS, (w_bits, a_bits, kv_bits)):
             if bits is None:
@@ -104,14 +93,14 @@ class KumarLaw:
             if gamma is None:
                 raise ValueError(f"{fn}: {name} was given but this law has {gname}=None (fitted "
                                  f"without {name}); pass {name}=None")
-            _check_positive(name, bits, fn=fn, allow_inf=True)
+            check_values(name, bits, fn=fn, allow_inf=True)
             log_n = log_n + _log_one_minus_exp(jnp.asarray(bits, log_n.dtype), gamma)
         return jnp.exp(log_n)
 
     def predict(self, n_params: Any, tokens: Any, w_bits: Any = None, a_bits: Any = None,
                 kv_bits: Any = None) -> jax.Array:
         """The predicted loss (arrays broadcast; None or +inf bits: unquantized)."""
-        _check_positive("tokens", tokens, fn="KumarLaw.predict")
+        check_values("tokens", tokens, fn="KumarLaw.predict")
         n_eff = self.effective_params(n_params, w_bits, a_bits, kv_bits)
         d = jnp.asarray(tokens, n_eff.dtype)
         return self.A * n_eff ** (-self.alpha) + self.B * d ** (-self.beta) + self.E
@@ -236,8 +225,8 @@ def ptq_degradation(n_params: Any, tokens: Any, post_bits: Any, *, C_T: float, g
     """
     fn = "ptq_degradation"
     for name, v in (("n_params", n_params), ("tokens", tokens)):
-        _check_positive(name, v, fn=fn)
-    _check_positive("post_bits", post_bits, fn=fn, allow_inf=True)
+        check_values(name, v, fn=fn)
+    check_values("post_bits", post_bits, fn=fn, allow_inf=True)
     for name, v in (("C_T", C_T), ("gamma_post", gamma_post)):
         if not (np.isfinite(v) and v > 0):
             raise ValueError(f"{fn}: {name} must be finite and > 0, got {v!r}")

@@ -20,9 +20,10 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-__all__ = ["Run", "load_runs", "save_runs", "runs_column"]
+__all__ = ["Run", "load_runs", "save_runs", "runs_column", "check_values"]
 
 _BIT_FIELDS = ("w_bits", "a_bits", "kv_bits", "post_bits")
 _MAX_BITS = 64.0
@@ -158,3 +159,20 @@ def check_runs(runs: Any, *, fn: str) -> list[Run]:
         raise ValueError(f"{fn}: runs[{bad[0]}] is a {type(out[bad[0]]).__name__}, not a Run "
                          f"(use Run(...) or load_runs)")
     return out
+
+
+def check_values(name: str, x: Any, *, fn: str, lo: float = 0.0, strict: bool = True,
+                 allow_inf: bool = False) -> None:
+    """ValueError unless every element of ``x`` is finite (or +inf, with ``allow_inf``: an
+    unquantized part) and ``> lo`` (``>= lo`` unless ``strict``); traced values pass unchecked.
+
+    The one argument check of the laws' ``predict`` methods and ``ptq_degradation``.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return
+    v = np.asarray(x, np.float64)
+    ok = ((v > lo) if strict else (v >= lo)) & (np.isfinite(v) | (allow_inf & (v == np.inf)))
+    if not np.all(ok):
+        what = f"{'>' if strict else '>='} {lo:g}"
+        what = f"{what} (or +inf for unquantized)" if allow_inf else f"finite and {what}"
+        raise ValueError(f"{fn}: {name} must be {what}, got {float(v[~ok].reshape(-1)[0])!r}")

@@ -33,21 +33,11 @@ from bitscale.laws._fit import (
     make_fit,
     multistart_fit,
 )
-from bitscale.laws._runs import Run, check_runs, runs_column
+from bitscale.laws._runs import Run, check_runs, check_values, runs_column
 
 __all__ = ["SunLaw"]
 
 _NAMES = ("n", "alpha", "d", "beta", "eps", "gamma", "delta", "nu")
-
-
-def _check(name: str, x: Any, lo: float, *, fn: str, strict: bool) -> None:
-    if isinstance(x, jax.core.Tracer):
-        return
-    v = np.asarray(x, np.float64)
-    ok = np.isfinite(v) & ((v > lo) if strict else (v >= lo))
-    if not np.all(ok):
-        raise ValueError(f"{fn}: {name} must be finite and {'>' if strict else '>='} {lo:g}, "
-                         f"got {float(v[~ok].reshape(-1)[0])!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +71,11 @@ class SunLaw:
                           block_size: Any) -> jax.Array:
         """The last (precision) term of the law alone."""
         fn = "SunLaw.precision_penalty"
-        _check("n_params", n_params, 0, fn=fn, strict=True)
-        _check("tokens", tokens, 0, fn=fn, strict=True)
-        _check("exp_bits", exp_bits, 0, fn=fn, strict=False)
-        _check("man_bits", man_bits, 0, fn=fn, strict=False)
-        _check("block_size", block_size, 1, fn=fn, strict=False)
+        check_values("n_params", n_params, fn=fn)
+        check_values("tokens", tokens, fn=fn)
+        check_values("exp_bits", exp_bits, fn=fn, strict=False)
+        check_values("man_bits", man_bits, fn=fn, strict=False)
+        check_values("block_size", block_size, fn=fn, lo=1, strict=False)
         n = jnp.asarray(n_params)
         n = n.astype(jnp.result_type(n.dtype, jnp.float32))
         d, e, m, b = (jnp.asarray(v, n.dtype) for v in (tokens, exp_bits, man_bits, block_size))
