@@ -49,7 +49,7 @@ def test_quick_demo_writes_every_section(tmp_path, capsys):
     assert report == returned
     for heading in ("## Precision vs accuracy", "## Test-time scaling",
                     "## Reproducibility", "## RL in low precision",
-                    "## Quantization error by format"):
+                    "## Quantization error by format", "## Beyond the demo's budget"):
         assert heading in report
     tables = _tables(report)
     precision, tts, repro_cells, formats = tables[0], tables[1], tables[2], tables[-1]
@@ -72,13 +72,20 @@ def test_quick_demo_writes_every_section(tmp_path, capsys):
         assert all(0.0 <= x <= 1.0 for x in cov) and cov == sorted(cov)  # pass@k rises with k
         assert c["k_star"] >= 1
     assert any(r["spec"] == "mxfp4" for r in formats)
+    for _, cmd, doc in demo.LONGER_STUDIES:  # every recipe and record it names exists
+        assert (ROOT / doc).exists(), doc
+        script = cmd.split()[1] if cmd.startswith("bash ") else None
+        assert script is None or (ROOT / script).exists(), script
 
     cells = {r["cell"].strip("`"): r for r in repro_cells}
-    assert "fp32/native/b1" in cells and "fp32_batch_invariant/native/b4" in cells
-    assert float(cells["fp32/native/b1"]["diverged vs ref"]) == 0.0  # the reference itself
-    assert float(cells["fp32_batch_invariant/native/b4"]["diverged vs ref"]) >= 0.0
+    assert set(cells) == {"bf16/native/b4", "fp32_batch_invariant/native/b4"}
+    for row in cells.values():
+        assert 0.0 <= float(row["diverged vs ref"]) <= 1.0
+        assert float(row["mean KL"]) >= 0.0
     repro = json.loads((tmp_path / "repro.json").read_text())
-    assert repro["n_problems"] == 4 and repro["reference"]["cell"] == "fp32/native/b1"
+    assert repro["n_problems"] == 4 and repro["reference"]["cell"] == "fp32/native/b4"
+    assert repro["reference"]["logits"]["mean_kl"] == 0.0  # the reference against itself
+    assert repro["decoding"] == "Temperature(t=1.0)"
 
     assert "[rl 1/2] grpo G=2 fp8:" in out and "[rl 2/2] mc_grpo G=2 fp8:" in out
     for png in ("loss_curves.png", "pass_at_k.png", "selection.png", "repro_divergence.png",

@@ -201,8 +201,8 @@ def test_teacher_forced_log_probs_match_the_sampler():
 
 
 def test_batch_split_k_cell_depends_on_the_batch():
-    """``batch_split_k``: the split count follows the product's rows, so fp32 logits change
-    between batch 1 and 16 (a CPU's native GEMM does not), within float32 rounding."""
+    """``batch_split_k``: the split count follows the product's rows, so fp32 logits of one
+    sequence change between batch 1 and 16, within float32 rounding."""
     cell1 = repro.Cell("fp32", 1, "batch_split_k")
     assert cell1.name == "fp32/batch_split_k/b1"
     model = bn.Llama(SMALL, "fp32", rngs=nnx.Rngs(0))

@@ -78,14 +78,14 @@ def test_analyze_fit_error_and_reading():
     the fit's max_error is |exp(a k^b) - pass@k| written out, and the reading states the rise,
     a saturated curve and a flat one."""
     rng = np.random.default_rng(0)
-    rates = np.repeat([0.0, 0.02, 0.1, 0.4, 0.9], 8)
-    correct = rng.random((40, 64)) < rates[:, None]
+    rates = np.repeat([0.0, 0.03, 0.1, 0.4, 0.9], 4)
+    correct = rng.random((20, 32)) < rates[:, None]
     samples = {"correct": correct, "answers": np.where(correct, 7, 3).astype(np.int32),
-               "weak": correct, "seq_logp": np.zeros((40, 64), np.float32),
-               "finished": np.ones((40, 64), bool)}
-    settings = tts_study.TTSSettings(n=64)
+               "weak": correct, "seq_logp": np.zeros((20, 32), np.float32),
+               "finished": np.ones((20, 32), bool)}
+    settings = tts_study.TTSSettings(n=32)
     r = tts_study.analyze(samples, settings)
-    want = [np.mean([tts.pass_at_k_np(64, int(c), k) for c in correct.sum(1)])
+    want = [np.mean([tts.pass_at_k_np(32, int(c), k) for c in correct.sum(1)])
             for k in settings.ks]
     np.testing.assert_allclose(r["coverage"], want, atol=1e-6)
     a, b = r["fit"]["a"], r["fit"]["b"]
@@ -93,6 +93,6 @@ def test_analyze_fit_error_and_reading():
     assert r["fit"]["max_error"] == pytest.approx(err, abs=1e-6)
     flat = dict(r, coverage=[0.25] * len(r["ks"]))
     full = dict(r, coverage=r["coverage"][:-1] + [1.0])
-    lines = tts_study.reading({"rising": r, "flat": flat, "full": full}, 64)
-    assert f"rises from {want[0]:.3f} (k=1) to {want[-1]:.3f} (k=64)" in lines[1]
+    lines = tts_study.reading({"rising": r, "flat": flat, "full": full}, 32)
+    assert f"rises from {want[0]:.3f} (k=1) to {want[-1]:.3f} (k=32)" in lines[1]
     assert "does not rise" in lines[2] and "saturates" in lines[3]

@@ -15,8 +15,8 @@ models trained in the first:
    and accumulation orders (a GPU-like batch-dependent split-K), against the fp32 batch-1
    reference, with the batch-invariant mode as control, plus logit-level distances;
 4. RL in low precision (`bitscale.studies.rl`): GRPO vs MC-GRPO at G = 2 and 8 under bf16 and
-   fp8, from an early (step ``RL_INIT_STEP``) checkpoint of the fp32 run, so there is reward
-   left to gain;
+   fp8, from the fp32 run's final model (``RL_INIT_STEP`` None; the task is far from solved,
+   so there is reward left to gain);
 5. quantization error by format (`bitscale.studies.formats`, seconds).
 
     python -m bitscale.studies.demo [--out=runs/demo] [--steps=N] [--eval_problems=N]
@@ -42,20 +42,20 @@ from bitscale.train import restore_model
 
 __all__ = ["DemoBudget", "QUICK", "run", "section"]
 
-RL_INIT_STEP = 300  # configs/demo.py checkpoints every 100 steps
+# The RL runs start from this checkpoint of the baseline run (configs/demo.py checkpoints every
+# 100 steps); None: its final model. On the addition-only task the final model was nearly
+# perfect, leaving no reward to gain; the present task leaves plenty at the end of training.
+RL_INIT_STEP: int | None = None
 # (policies, batch sizes, orders, accumulation dtypes) blocks of the reproducibility grid.
-# On a CPU the native GEMM gives the same numbers at every batch size; ``batch_split_k``
-# emulates GPU GEMM heuristics whose split-K count follows the batch (8 splits at batch 1,
-# 1 at 16), the cause of batch-size nondeterminism the paper measures on GPUs.
+# ``batch_split_k`` emulates GPU GEMM heuristics whose split-K count follows the batch (8
+# splits at batch 1, 1 at 16), the cause of batch-size nondeterminism the paper measures on
+# GPUs; what the CPU's own kernels do with the batch shows in the ``native`` cells.
 REPRO_GRID = (
     (("fp32", "bf16", "fp16", "layercast", "fp8", "fp32_batch_invariant"), (1, 16), ("native",),
      ("float32",)),
     (("fp32", "bf16"), (1, 16), ("batch_split_k",), ("float32",)),
 )
-QUICK_REPRO_GRID = (
-    (("fp32", "bf16", "fp32_batch_invariant"), (1, 4), ("native",), ("float32",)),
-    (("bf16",), (4,), ("batch_split_k",), ("float32",)),
-)
+QUICK_REPRO_GRID = ((("bf16", "fp32_batch_invariant"), (4,), ("native",), ("float32",)),)
 # Sampled decoding, the same key per problem in every cell: a numerical difference changes an
 # output when it moves a sampled token across its boundary, which greedy decoding of a small,
 # confident model almost never does (the logit-level distances are reported either way).
@@ -114,11 +114,11 @@ RL_QUICK = dict(rl.QUICK, groups=(2,), policies=("fp8",))
 
 def _rl_start(prec: dict[str, Any], quick: bool):
     """The RL runs' starting model: the baseline recipe's step-``RL_INIT_STEP`` checkpoint
-    (its final model when the run is shorter or ``quick``)."""
+    (its final model when that is None, the run is shorter or ``quick``)."""
     base = precision.baseline(prec)
     cfg = base["cfg"]
     model, step = base["model"], int(cfg.train.steps)
-    if not quick and step > RL_INIT_STEP:
+    if not quick and RL_INIT_STEP is not None and step > RL_INIT_STEP:
         model, step = restore_model(str(prec["out"] / base["recipe"]), cfg.model,
                                     step=RL_INIT_STEP)
     print(f"[rl] starting from the {base['recipe']} model at step {step}", flush=True)
@@ -167,7 +167,33 @@ def _repro_intro(result: dict[str, Any]) -> str:
             "or Give Me Death?\", arXiv:2506.09501). `fp32_batch_invariant` runs every row "
             "through the same batch-1 program, so its outputs cannot depend on the batch; "
             "`batch_split_k` cells emulate a GPU GEMM whose split-K count follows the batch "
-            "size (a CPU's own GEMM gives the same numbers at every batch size).")
+            "size; `native` cells show what this machine's own kernels do with it.")
+
+
+# Studies too long for the demo's budget: (what, launch recipe, where its measured output is).
+LONGER_STUDIES = (
+    ("Training stability: seed x learning-rate grid for fp32 / bf16 / fp8 / mxfp4 and "
+     "mantissa-only vs exponent-only reductions of one ExMy format (Lee et al., \"To FP8 and "
+     "Back Again\")", "bash experiments/stability.sh", "docs/stability.md"),
+    ("Precision scaling laws (Kumar et al.; Sun et al.) fitted to a sweep of small runs, "
+     "with held-out prediction error", "bash experiments/laws_sweep.sh", "docs/laws.md"),
+    ("DCO vs cross-entropy: pass@N over training steps with seed bands (Chen et al., "
+     "\"Rethinking Fine-Tuning when Scaling Test-Time Compute\")", "bash experiments/dco.sh",
+     "docs/dco.md"),
+    ("4-bit training recipes (QuEST, Quartet, NVIDIA NVFP4, Quartet II) vs BF16",
+     "python -m bitscale.studies.recipes --steps=300 --seeds=0,1", "docs/benchmarks.md"),
+)
+
+
+def longer_studies_section(heading: str = "##") -> str:
+    """Where the studies that do not fit the demo's budget are launched and recorded (no
+    numbers: none of them ran in this run)."""
+    lines = [f"{heading} Beyond the demo's budget", "",
+             "These studies need more than the demo's 15 CPU minutes. Each is an `experiments/` "
+             "recipe; its measured output is recorded, with the command, in the file named. "
+             "None of them ran as part of this report.", ""]
+    lines += [f"- {what}: `{cmd}` -> `{doc}`" for what, cmd, doc in LONGER_STUDIES]
+    return "\n".join(lines + [""])
 
 
 def section(results: dict[str, Any]) -> str:
@@ -182,6 +208,7 @@ def section(results: dict[str, Any]) -> str:
                       heading="##"),
         rl.section(results["rl"]),
         formats.section(results["formats"]),
+        longer_studies_section(),
     ]
     head = ["# bitscale demo report", "",
             "Generated by `make demo` (`python -m bitscale.studies.demo`); every number below "

@@ -337,10 +337,20 @@ def findings(result: dict[str, Any]) -> list[str]:
             what = (f"no output diverged, though the distributions moved (mean KL up to "
                     f"{max(kl):.1e}, argmax flips up to {max(flips):.4f})")
         else:
-            what = (f"{min(div):.0%}–{max(div):.0%} of problems diverged (mean KL "
-                    f"{min(kl):.1e}–{max(kl):.1e})")
+            what = (f"{_span(div, '{:.0%}')} of problems diverged (mean KL "
+                    f"{_span(kl, '{:.1e}')})")
         lines.append(f"  - `{p}` over {len(rows)} cell(s): {what}.")
+    order = sorted(result["by_policy"], key=lambda q: -result["by_policy"][q][
+        "diverged_from_reference"])
+    lines.append("  - Policies by mean divergence from the reference: " + " ≥ ".join(
+        f"`{q}` ({result['by_policy'][q]['diverged_from_reference']:.0%})" for q in order)
+        + ".")
     return lines
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = fmt.format(min(values)), fmt.format(max(values))
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def section(result: dict[str, Any], *, title: str = "bitscale: reproducibility study",
