@@ -30,15 +30,22 @@ def _input(shape, dtype, seed=0):
     return flat.reshape(shape).astype(dtype)
 
 
+# The references compiled once per case (op-by-op dispatch of the bit-level quantizers costs
+# seconds per call); jit does not change their bits (tests/test_lowering, selfcheck).
+_STATIC = ("spec", "axis", "rounding")
+_ref_fake_quant = jax.jit(bs.fake_quant, static_argnames=_STATIC)
+_ref_quantize = jax.jit(bs.quantize, static_argnames=_STATIC)
+
+
 def _check(spec, shape, axis, dtype, rounding, interpret):
     key = jax.random.key(3) if rounding == "stochastic" else None
     x = _input(shape, dtype)
     kw = dict(axis=axis, rounding=rounding, key=key)
     y = pk.fake_quant(x, spec, implementation="pallas", interpret=interpret, **kw)
     assert y.dtype == x.dtype
-    assert _same(y, bs.fake_quant(x, spec, **kw)), (spec, shape, axis, dtype)
+    assert _same(y, _ref_fake_quant(x, spec=spec, **kw)), (spec, shape, axis, dtype)
     q = pk.quantize(x, spec, implementation="pallas", interpret=interpret, **kw)
-    r = bs.quantize(x, spec, **kw)
+    r = _ref_quantize(x, spec=spec, **kw)
     for a, b in [(q.codes, r.codes), (q.scales, r.scales), (q.zero_point, r.zero_point),
                  (q.tensor_scale, r.tensor_scale)]:
         assert (a is None) == (b is None)
