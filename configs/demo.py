@@ -12,10 +12,9 @@ contraction axis: hidden 256 and intermediate 512). Tuned for a 2-core CPU and f
 model does *not* solve in its budget, so that test-time scaling has something to show: half the
 problems are additions (``5+8+0=13`` column lines), half multiplications (``47*3=141``,
 ``47*50=2350``, ``141+2350=2491``), at most 62 tokens. After 500 steps the fp32 model's greedy
-accuracy on held-out problems is ~20% while pass@64 of temperature-1 samples is ~55% (a probe
-run; the demo report measures its own), and the step-300 checkpoint the RL section starts from
-is weaker still. On 2-digit addition alone the same model reaches ~95% in 600 steps and pass@64
-is 1.0 for every recipe: nothing left to scale.
+accuracy on held-out problems is 14% while pass@64 of temperature-1 samples is 0.44 (the
+recorded `make demo` run, docs/benchmarks.md). On 2-digit addition alone the same model reached
+~95% in 600 steps and pass@64 was 1.0 for every recipe: nothing left to scale.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ of steps (each run its own warmup + cosine schedule) and the precision policy; e
 
     python -m bitscale.train --config=configs/laws_sweep.py --workdir=/tmp/laws_fp32
 
-Multiplication rather than the demo's addition: the small models do not saturate it within a
+Multiplication rather than addition: the small models do not saturate it within a
 few hundred steps, so the held-out loss keeps falling with both N and D, which a scaling fit
 needs.
 """

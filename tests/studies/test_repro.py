@@ -64,6 +64,17 @@ def test_bf16_diverges_and_batch_invariant_fp32_does_not(study):
     assert outs["cell"] == "fp32_batch_invariant/native/b1" and len(outs["lengths"]) == 6
     assert len(study["curves"]["bf16"]) == 12 and study["curves"]["fp32_batch_invariant"] == [
         0.0] * 12
+    # Logit-level distances (teacher forced on the reference's outputs): zero for the
+    # batch-invariant cells, positive for bf16; the reference's own row is exactly zero.
+    cells = {c["cell"]: c for c in study["cells"]}
+    for name in ("fp32_batch_invariant/native/b1", "fp32_batch_invariant/native/b3"):
+        d = cells[name]["logits"]
+        assert d["mean_kl"] == 0.0 and d["max_abs"] == 0.0 and d["argmax_flips"] == 0.0
+    bf = cells["bf16/pairwise@bfloat16/b4"]["logits"]
+    assert bf["mean_kl"] > 0 and bf["max_abs"] > 0
+    assert bf["positions"] == sum(study["reference"]["lengths"])
+    md = repro.section(study)
+    assert "mean KL" in md and "`fp32_batch_invariant` over 2 cell(s): bit-identical" in md
 
 
 def test_report_files(study, tmp_path):
@@ -164,20 +175,6 @@ def test_sampled_study_keys_each_problem_not_each_row():
     s3, _ = repro.greedy_outputs(inv, examples, tok, strategy="temperature:1.0", seed=3,
                                  batch_size=1, max_prompt_len=24, max_new_tokens=10)
     np.testing.assert_array_equal(s1, s3)
-
-
-def test_logit_distances_in_the_study(study):
-    """Every cell carries teacher-forced distances to the reference: zero for the
-    batch-invariant cells, positive for bf16; the reference's own row is exactly zero."""
-    cells = {c["cell"]: c for c in study["cells"]}
-    for name in ("fp32_batch_invariant/native/b1", "fp32_batch_invariant/native/b3"):
-        d = cells[name]["logits"]
-        assert d["mean_kl"] == 0.0 and d["max_abs"] == 0.0 and d["argmax_flips"] == 0.0
-    bf = cells["bf16/pairwise@bfloat16/b4"]["logits"]
-    assert bf["mean_kl"] > 0 and bf["max_abs"] > 0
-    assert bf["positions"] == sum(study["reference"]["lengths"])
-    md = repro.section(study)
-    assert "mean KL" in md and "`fp32_batch_invariant` over 2 cell(s): bit-identical" in md
 
 
 def test_teacher_forced_log_probs_match_the_sampler():

@@ -108,6 +108,7 @@ class DemoBudget:
 
 QUICK = DemoBudget(steps=4, eval_problems=8, tts_problems=4, tts_samples=4, repro_problems=4,
                    quick=True)
+QUICK_FORMATS = ("fp8_e4m3", "mxfp4")  # the quick format study: one scaled, one block format
 RL_BUDGET = {"steps": 6, "prompts_per_step": 8, "eval_examples": 32}
 RL_QUICK = dict(rl.QUICK, groups=(2,), policies=("fp8",))
 
@@ -154,8 +155,9 @@ def run(out: str | pathlib.Path, budget: DemoBudget = DemoBudget()) -> dict[str,
     rl_results = rl.run(model, rl_cfg, task, tok, out,
                         **(RL_QUICK if budget.quick else RL_BUDGET))
     print("format study ...", flush=True)
+    fmt = formats.run(specs=QUICK_FORMATS) if budget.quick else formats.run()
     return {"precision": prec, "tts": tts_results, "repro": repro_results, "rl": rl_results,
-            "formats": formats.run(), "out": out, "wall_s": time.perf_counter() - t0}
+            "formats": fmt, "out": out, "wall_s": time.perf_counter() - t0}
 
 
 def _repro_intro(result: dict[str, Any]) -> str:

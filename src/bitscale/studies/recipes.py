@@ -51,8 +51,8 @@ RECIPES = ("bf16_mixed", "fp32", "nvfp4", "nvfp4_recipe", "quartet2_nvfp4", "nvi
 BASELINE = "bf16_mixed"
 TASK = {"ops": ("*",), "max_len": 64}
 """The study's task: 2-digit multiplication with worked steps (``85*3=255`` lines, at most 62
-tokens) -- harder than the demo's addition, which the model nearly solves in 300 steps, leaving
-no loss gap to measure."""
+tokens) -- harder than 2-digit addition alone, which the model nearly solves in 300 steps,
+leaving no loss gap to measure."""
 CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("quartet2_nvfp4", "nvfp4_recipe", "Quartet II (arXiv:2601.22813): MS-EDEN backward + "
      "4/6 forward below NVIDIA's recipe"),

@@ -11,7 +11,8 @@ size); `section` renders the result as markdown and `write_report` writes ``repr
 ``repro.md`` and ``repro_divergence.png``.
 
 It reports, per cell: accuracy, output lengths, the fraction of problems whose output differs
-from the reference and the distribution of first-divergent token indices; per policy, per
+from the reference, the distribution of first-divergent token indices and the logit-level
+distance to the reference (KL, max |Δ log p|, argmax flips; teacher forced); per policy, per
 configuration (policy x order across batch sizes) and over the whole grid: accuracy mean and
 standard deviation (Std@Acc), output-length spread and divergence within the group.
 
@@ -60,8 +61,9 @@ from bitscale.studies.report import markdown_table, plot_curves
 from bitscale.train import restore_model, train
 from bitscale.train.evaluate import greedy_decode
 
-__all__ = ["NATIVE", "Cell", "greedy_outputs", "load_model", "make_grid", "run_from_config",
-           "run", "section", "write_report"]
+__all__ = ["BATCH_SPLIT_K", "NATIVE", "Cell", "findings", "greedy_outputs", "load_model",
+           "make_grid", "run_from_config", "run", "section", "teacher_forced_log_probs",
+           "write_report"]
 
 NATIVE = "native"
 BATCH_SPLIT_K = "batch_split_k"
@@ -261,7 +263,9 @@ def run(model: bnn.Llama, task: Any, tokenizer: Tokenizer, examples: Sequence[Ex
     Returns:
       a JSON-able dict: ``reference``, ``n_problems``, ``max_new_tokens``, ``cells`` (per cell:
       accuracy, lengths, ``diverged_fraction`` and per-problem ``first_divergence`` from the
-      reference, with its ``first_divergence_summary``), ``grid`` / ``by_policy`` /
+      reference, with its ``first_divergence_summary``, and ``logits``: the
+      `bitscale.repro.logit_distance` of its teacher-forced distributions on the reference's
+      outputs, `teacher_forced_log_probs`, to the reference's own), ``grid`` / ``by_policy`` /
       ``by_config`` group summaries (accuracy mean and Std@Acc, length spread, divergence
       within the group) and ``curves`` (per policy, the fraction of problems diverged from the
       reference at or before each token index).
