@@ -10,10 +10,10 @@ from bitscale.config_file import load_module
 __all__ = ["default_config_path", "load_config", "task_words"]
 
 
-def default_config_path() -> pathlib.Path:
-    """``configs/demo.py`` of the source checkout (or of the working directory)."""
-    here = pathlib.Path(__file__).resolve().parents[3] / "configs" / "demo.py"
-    return here if here.exists() else pathlib.Path("configs") / "demo.py"
+def default_config_path(name: str = "demo") -> pathlib.Path:
+    """``configs/<name>.py`` of the source checkout (or of the working directory)."""
+    here = pathlib.Path(__file__).resolve().parents[3] / "configs" / f"{name}.py"
+    return here if here.exists() else pathlib.Path("configs") / f"{name}.py"
 
 
 def load_config(path: str | pathlib.Path | None, policy: str, steps: int | None = None) -> Any:

@@ -40,14 +40,14 @@ from absl import flags
 
 from bitscale import data as bdata
 from bitscale import tts
-from bitscale.config_file import load_module
 from bitscale.nn import ModelConfig
+from bitscale.studies._configs import default_config_path, load_config
 from bitscale.studies.report import markdown_table, plot_curves
 from bitscale.studies.tts import TTSSettings, collect
 from bitscale.train import evaluate, restore_model, train
 from bitscale.train.metrics import read_metrics
 
-__all__ = ["default_config_path", "load_results", "losses", "measure", "pass_curves", "run",
+__all__ = ["load_results", "losses", "measure", "pass_curves", "run",
            "save_results", "section", "study_config", "verdict"]
 
 MICRO = ModelConfig(arch="llama", vocab_size=128, hidden_size=64, intermediate_size=128,
@@ -59,12 +59,6 @@ QUICK = {"steps": 8, "seeds": (0,), "n": 4, "problems": 6, "evals": 2, "pool": 1
 """``--quick``: the same code path in seconds (a smoke run; its numbers mean nothing)."""
 
 
-def default_config_path() -> pathlib.Path:
-    """``configs/dco.py`` of the source checkout (or of the working directory)."""
-    here = pathlib.Path(__file__).resolve().parents[3] / "configs" / "dco.py"
-    return here if here.exists() else pathlib.Path("configs") / "dco.py"
-
-
 def losses(n: int) -> tuple[str, str]:
     """The two losses compared: ``("ce", "dco<n>")``."""
     return ("ce", f"dco{int(n)}")
@@ -72,19 +66,17 @@ def losses(n: int) -> tuple[str, str]:
 
 def study_config(config: str | pathlib.Path | None, loss: str, seed: int, steps: int,
                  evals: int, pool: int | None = None, model: Any = None) -> Any:
-    """``get_config(loss)`` of the config file (default `default_config_path`) with ``seed``,
+    """``get_config(loss)`` of the config file (default ``configs/dco.py``) with ``seed``,
     ``train.steps``, checkpoints every ``steps // evals`` steps (all kept), the warmup at most a
     tenth of the steps and, when given, the pool size and model overridden."""
     if evals < 1 or steps < evals:
         raise ValueError(f"need 1 <= evals <= steps, got evals={evals}, steps={steps}")
-    cfg = load_module(pathlib.Path(config) if config else default_config_path()).get_config(loss)
+    cfg = load_config(config or default_config_path("dco"), loss, steps)
     with cfg.unlocked():
         cfg.seed = int(seed)
-        cfg.train.steps = int(steps)
         cfg.train.checkpoint_every = int(steps) // int(evals)
         cfg.train.max_to_keep = int(evals) + 1
         cfg.train.progress = False
-        cfg.optim.warmup_steps = min(int(cfg.optim.warmup_steps), max(int(steps) // 10, 1))
         if pool is not None:
             cfg.data.train_examples = int(pool)
         if model is not None:

@@ -75,11 +75,12 @@ from bitscale import data as bdata
 from bitscale import laws
 from bitscale import nn as bnn
 from bitscale.config_file import load_module
+from bitscale.studies._configs import default_config_path
 from bitscale.studies.report import markdown_table
 from bitscale.train import evaluate, restore_model, train
 
 __all__ = ["KumarPrecision", "PROTOCOLS", "Size", "SunFormat", "SweepPlan", "SWEEPS",
-           "default_config_path", "fit_and_report", "held_out_splits", "kumar_policy",
+           "fit_and_report", "held_out_splits", "kumar_policy",
            "non_embedding_params", "parse_sizes", "plan_for", "run_config", "run_sweep",
            "sun_policy"]
 
@@ -243,17 +244,11 @@ def sun_policy(f: SunFormat) -> bnn.Policy:
                                          bnn.Rule(bnn.PROJ, weight=f.spec, act=f.spec)))
 
 
-def default_config_path() -> pathlib.Path:
-    """``configs/laws_sweep.py`` of the source checkout (or of the working directory)."""
-    here = pathlib.Path(__file__).resolve().parents[3] / "configs" / "laws_sweep.py"
-    return here if here.exists() else pathlib.Path("configs") / "laws_sweep.py"
-
-
 def run_config(size: Size, policy: bnn.Policy, plan: SweepPlan,
                config: str | pathlib.Path | None = None) -> Any:
     """The config file's base run at ``size`` under ``policy``, trained ``plan.steps`` steps at
     constant LR after warmup, checkpointed at every ``plan.eval_steps``."""
-    mod = load_module(pathlib.Path(config) if config else default_config_path())
+    mod = load_module(pathlib.Path(config) if config else default_config_path("laws_sweep"))
     cfg = mod.get_config(policy)
     with cfg.unlocked():
         cfg.model = mod.model_config(size.hidden, size.layers)

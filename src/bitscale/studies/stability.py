@@ -60,12 +60,12 @@ from absl import flags
 from bitscale import data as bdata
 from bitscale import nn as bnn
 from bitscale.numerics.formats import FloatFormat, element_format
-from bitscale.studies._configs import load_config, task_words
+from bitscale.studies._configs import default_config_path, load_config, task_words
 from bitscale.studies.report import markdown_table, plot_curves
 from bitscale.train import train
 
 __all__ = ["COLLAPSE_MARGIN", "EXMY_FAMILY", "LRS", "NAMED", "POLICIES", "QUICK", "SEEDS",
-           "classify", "config_path", "exmy_format", "exmy_policy", "fisher_p", "load_results",
+           "classify", "exmy_format", "exmy_policy", "fisher_p", "load_results",
            "rates",
            "run", "run_one", "save_results", "section", "study_config", "unigram_entropy"]
 
@@ -83,12 +83,6 @@ TAIL = 0.1      # the final loss: mean of the last tenth of the steps
 WINDOW = 10     # trailing-mean window of the curve summaries
 SPIKE = 1.0     # the report's "spiked": a step's loss above the step-1 loss by this many nats
 _EXMY = re.compile(r"^e(\d+)m(\d+)$")
-
-
-def config_path() -> pathlib.Path:
-    """``configs/stability.py`` of the source checkout (or of the working directory)."""
-    here = pathlib.Path(__file__).resolve().parents[3] / "configs" / "stability.py"
-    return here if here.exists() else pathlib.Path("configs") / "stability.py"
 
 
 def exmy_format(name: str) -> FloatFormat:
@@ -116,9 +110,10 @@ def _policy(name: str) -> "str | bnn.Policy":
 
 def study_config(config: "str | pathlib.Path | None", policy: str, lr: float, seed: int,
                  steps: int | None = None) -> Any:
-    """``get_config(policy)`` of the config file (default `config_path`) with ``optim.lr``,
-    ``seed`` and (when given) ``train.steps``; checkpoints only at the last step."""
-    cfg = load_config(config or config_path(), _policy(policy), steps)
+    """``get_config(policy)`` of the config file (default ``configs/stability.py``) with
+    ``optim.lr``, ``seed`` and (when given) ``train.steps``; checkpoints only at the last
+    step."""
+    cfg = load_config(config or default_config_path("stability"), _policy(policy), steps)
     with cfg.unlocked():
         cfg.optim.lr = float(lr)
         cfg.seed = int(seed)
